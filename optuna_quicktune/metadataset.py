@@ -1,0 +1,626 @@
+"""An Optuna storage read as a meta-dataset of finetuning runs, and written back.
+
+Notation
+--------
+``T`` tasks (studies), ``N`` runs (stitched trial chains), ``F`` the largest fidelity of any task,
+``d`` the encoded configuration width and ``m`` the number of meta-features. :meth:`MetaDataset.arrays`
+gives ``X (N, d)``, ``Y (N, F)`` (scores, NaN after a run stopped), ``C (N, F)`` (cost of each step,
+NaN where unknown), ``task (N,)`` and ``M (T, m)``.
+
+A run paused by the pruner and continued later is several trials linked by ``quicktune.resume_of``;
+they are stitched into one curve here: the child's steps follow the parent's, and the child's costs
+(counted from the child's own start) are offset by the parent's last cumulative cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_quicktune import contract
+from optuna_quicktune.errors import EmptyMetaDatasetError, MetaFeatureError, MixedSpaceError
+from optuna_quicktune.space import SearchSpace
+
+__all__ = ["Task", "Run", "MetaDataset"]
+
+_logger = logging.getLogger(__name__)
+
+MetaFeaturePolicy = Literal["strict", "intersection", "none"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One study of the meta-dataset: a dataset, a base model and a metric."""
+
+    name: str
+    dataset: str
+    model: str
+    metric: str
+    direction: str  # "maximize" | "minimize"
+    fidelity_unit: str
+    fidelity_max: int
+    metafeatures: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def sign(self) -> float:
+        """+1 when higher scores are better, -1 otherwise (surrogates always maximise sign * y)."""
+        return 1.0 if self.direction == "maximize" else -1.0
+
+
+@dataclass
+class Run:
+    """One configuration's learning curve on one task (a stitched chain of trials)."""
+
+    task: int
+    config: dict[str, Any]
+    curve: np.ndarray  # (L,) score at fidelity 1..L
+    cost: np.ndarray  # (L,) cumulative seconds at fidelity 1..L (NaN where unknown)
+    trials: tuple[int, ...] = ()
+
+    @property
+    def length(self) -> int:
+        return int(self.curve.shape[0])
+
+
+class MetaDataset:
+    """Configurations, learning curves, step costs and meta-features of many tasks in one space."""
+
+    def __init__(self, space: SearchSpace, tasks: Sequence[Task], runs: Sequence[Run]) -> None:
+        self.space = space
+        self.tasks = list(tasks)
+        self.runs = list(runs)
+        if not self.tasks:
+            raise EmptyMetaDatasetError("A MetaDataset needs at least one task.")
+        names = [sorted(t.metafeatures) for t in self.tasks]
+        if any(n != names[0] for n in names):
+            raise MetaFeatureError(
+                "All tasks of a MetaDataset must have the same meta-feature names; "
+                + _describe_metafeature_mismatch(self.tasks)
+            )
+        self.metafeature_names: list[str] = names[0]
+        for r in self.runs:
+            if not 0 <= r.task < len(self.tasks):
+                raise ValueError(f"Run refers to task {r.task}, but there are {len(self.tasks)} tasks.")
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __repr__(self) -> str:
+        return (
+            f"MetaDataset({len(self.tasks)} tasks, {len(self.runs)} runs, space={self.space.name!r}, "
+            f"metafeatures={self.metafeature_names})"
+        )
+
+    @property
+    def max_fidelity(self) -> int:
+        return max(t.fidelity_max for t in self.tasks)
+
+    def task_index(self, name: str) -> int:
+        for i, t in enumerate(self.tasks):
+            if t.name == name:
+                return i
+        raise KeyError(f"No task named {name!r}; tasks are {[t.name for t in self.tasks]}.")
+
+    def select_tasks(self, indices: Iterable[int]) -> "MetaDataset":
+        """A MetaDataset with only the given tasks (re-indexed), e.g. for leave-one-task-out."""
+        keep = list(indices)
+        remap = {old: new for new, old in enumerate(keep)}
+        runs = [replace(r, task=remap[r.task]) for r in self.runs if r.task in remap]
+        return MetaDataset(self.space, [self.tasks[i] for i in keep], runs)
+
+    def runs_of(self, task: int) -> list[Run]:
+        return [r for r in self.runs if r.task == task]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Dense arrays for training (see the module docstring for shapes)."""
+        n, f = len(self.runs), self.max_fidelity
+        X = self.space.encode_many([r.config for r in self.runs]) if n else np.zeros((0, self.space.dim))
+        Y = np.full((n, f), np.nan)
+        C = np.full((n, f), np.nan)
+        for i, r in enumerate(self.runs):
+            Y[i, : r.length] = r.curve
+            cum = np.asarray(r.cost, dtype=np.float64)
+            step = np.diff(np.concatenate([[0.0], cum]))
+            C[i, : r.length] = np.where(step > 0, step, np.nan)
+        M = np.array(
+            [[t.metafeatures[k] for k in self.metafeature_names] for t in self.tasks], dtype=np.float64
+        ).reshape(len(self.tasks), len(self.metafeature_names))
+        return {
+            "X": X,
+            "Y": Y,
+            "C": C,
+            "task": np.array([r.task for r in self.runs], dtype=np.int64),
+            "M": M,
+            "sign": np.array([t.sign for t in self.tasks]),
+            "fidelity_max": np.array([t.fidelity_max for t in self.tasks], dtype=np.int64),
+        }
+
+    # ------------------------------------------------------------------ storage
+    @classmethod
+    def from_storage(
+        cls,
+        storage: str | optuna.storages.BaseStorage,
+        study_names: Sequence[str] | None = None,
+        *,
+        space: SearchSpace | None = None,
+        metafeatures: MetaFeaturePolicy = "strict",
+    ) -> "MetaDataset":
+        """Read every study that follows the storage contract.
+
+        Studies and trials that break the contract are skipped with a logged reason (``WARNING``
+        for studies, ``INFO`` for trials). ``metafeatures`` says what to do when studies disagree on
+        meta-feature names: ``"strict"`` raises, ``"intersection"`` keeps the common names,
+        ``"none"`` drops them all (dataset-agnostic transfer).
+        """
+        if isinstance(storage, str):
+            storage = optuna.storages.get_storage(storage)
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        available = [s.study_name for s in summaries]
+        if study_names is None:
+            names = available
+        else:
+            unknown = [n for n in study_names if n not in available]
+            if unknown:
+                raise EmptyMetaDatasetError(
+                    f"Studies {unknown} are not in the storage; it holds {available or 'no study'}."
+                )
+            names = list(study_names)
+
+        per_study: list[tuple[Task, SearchSpace, list[Run]]] = []
+        for name in names:
+            study = optuna.load_study(study_name=name, storage=storage)
+            reason, parsed = _read_study(study, space)
+            if reason is not None:
+                _logger.warning("Skipping study %r: %s", name, reason)
+                continue
+            assert parsed is not None
+            per_study.append(parsed)
+
+        if not per_study:
+            raise EmptyMetaDatasetError(
+                f"No study in the storage follows the quicktune storage contract (looked at "
+                f"{len(names)} studies). Each task study needs the user attributes "
+                f"{contract.TASK!r} and {contract.FIDELITY!r} (write them with "
+                "optuna_quicktune.contract.describe_task) and COMPLETE or PRUNED trials with "
+                "reported intermediate values."
+            )
+
+        fingerprints: dict[str, list[str]] = {}
+        for task, sp, _ in per_study:
+            fingerprints.setdefault(sp.fingerprint, []).append(task.name)
+        if len(fingerprints) > 1:
+            groups = "; ".join(f"{fp}: {studies}" for fp, studies in fingerprints.items())
+            raise MixedSpaceError(
+                f"The studies use {len(fingerprints)} different search spaces ({groups}). Select one "
+                "group with study_names=[...], or pass space=... to keep only the studies of that space."
+            )
+        the_space = space or per_study[0][1]
+
+        tasks = [t for t, _, _ in per_study]
+        tasks = _apply_metafeature_policy(tasks, metafeatures)
+        runs: list[Run] = []
+        for i, (_, _, task_runs) in enumerate(per_study):
+            runs.extend(replace(r, task=i) for r in task_runs)
+        return cls(the_space, tasks, runs)
+
+    def to_storage(
+        self, storage: str | optuna.storages.BaseStorage, *, study_prefix: str = ""
+    ) -> list[str]:
+        """Write each task as an ordinary Optuna study following the contract; returns the names.
+
+        An existing study of the same name is never touched: the call fails before writing anything.
+        """
+        if isinstance(storage, str):
+            storage = optuna.storages.get_storage(storage)
+        existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        names = [study_prefix + t.name for t in self.tasks]
+        clash = sorted(set(names) & existing)
+        if clash:
+            raise ValueError(
+                f"Studies {clash} already exist in the storage; nothing was written. Pass another "
+                "study_prefix=, or delete those studies first with optuna.delete_study."
+            )
+        for ti, (task, name) in enumerate(zip(self.tasks, names)):
+            study = optuna.create_study(storage=storage, study_name=name, direction=task.direction)
+            contract.describe_task(
+                study,
+                dataset=task.dataset,
+                model=task.model,
+                metric=task.metric,
+                fidelity_max=task.fidelity_max,
+                fidelity_unit=task.fidelity_unit,
+                metafeatures=dict(task.metafeatures) if self.metafeature_names else None,
+                space=self.space,
+            )
+            trials = []
+            for r in self.runs_of(ti):
+                finished = r.length >= task.fidelity_max
+                user_attrs: dict[str, Any] = {contract.CONFIG_ID: self.space.config_id(r.config)}
+                if np.all(np.isfinite(r.cost)):
+                    user_attrs[contract.COST] = [float(c) for c in r.cost]
+                trials.append(
+                    optuna.trial.create_trial(
+                        params=dict(r.config),
+                        distributions=dict(self.space.distributions),
+                        value=float(r.curve[-1]) if finished else None,
+                        intermediate_values={s + 1: float(v) for s, v in enumerate(r.curve)},
+                        user_attrs=user_attrs,
+                        state=TrialState.COMPLETE if finished else TrialState.PRUNED,
+                    )
+                )
+            study.add_trials(trials)
+        return names
+
+    # ------------------------------------------------------------------ tables
+    def to_rows(self) -> list[dict[str, Any]]:
+        """Long format: one row per (run, fidelity step), with task and configuration columns."""
+        rows = []
+        for ri, r in enumerate(self.runs):
+            t = self.tasks[r.task]
+            base: dict[str, Any] = {
+                "task": t.name,
+                "dataset": t.dataset,
+                "model": t.model,
+                "metric": t.metric,
+                "direction": t.direction,
+                "fidelity_unit": t.fidelity_unit,
+                "fidelity_max": t.fidelity_max,
+                "run": ri,
+            }
+            base.update({f"mf.{k}": t.metafeatures[k] for k in self.metafeature_names})
+            base.update({f"param.{k}": r.config[k] for k in self.space.names})
+            for s in range(r.length):
+                row = dict(base)
+                row.update(step=s + 1, value=float(r.curve[s]), cost=float(r.cost[s]))
+                rows.append(row)
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]], space: SearchSpace) -> "MetaDataset":
+        """Inverse of :meth:`to_rows`; missing task columns get defaults (maximize, epoch)."""
+        required = {"task", "run", "step", "value"}
+        if not rows:
+            raise EmptyMetaDatasetError("The table has no rows.")
+        missing = required - set(rows[0])
+        if missing:
+            raise ValueError(f"The table lacks the columns {sorted(missing)}; see MetaDataset.to_rows().")
+        lacking = [k for k in space.names if f"param.{k}" not in rows[0]]
+        if lacking:
+            raise MixedSpaceError(
+                f"The table has no column for parameters {lacking} of space {space.name!r}: "
+                "pass the space the table was written with."
+            )
+        tasks: dict[str, dict[str, Any]] = {}
+        runs: dict[tuple[str, Any], dict[str, Any]] = {}
+        for row in rows:
+            tname = str(row["task"])
+            if tname not in tasks:
+                tasks[tname] = {
+                    "dataset": str(row.get("dataset", tname)),
+                    "model": str(row.get("model", "")),
+                    "metric": str(row.get("metric", "value")),
+                    "direction": str(row.get("direction", "maximize")),
+                    "fidelity_unit": str(row.get("fidelity_unit", "epoch")),
+                    "fidelity_max": row.get("fidelity_max"),
+                    "mf": {k[3:]: float(v) for k, v in row.items() if k.startswith("mf.") and _present(v)},
+                    "steps": 0,
+                }
+            key = (tname, row["run"])
+            if key not in runs:
+                config = {k: _from_cell(space.distributions[k], row[f"param.{k}"]) for k in space.names}
+                runs[key] = {"task": tname, "config": config, "points": {}}
+            step = int(row["step"])
+            cost = row.get("cost")
+            runs[key]["points"][step] = (
+                float(row["value"]),
+                float(cost) if _present(cost) else math.nan,
+            )
+            tasks[tname]["steps"] = max(tasks[tname]["steps"], step)
+        task_list = []
+        for tname, info in tasks.items():
+            fmax = info["fidelity_max"]
+            task_list.append(
+                Task(
+                    name=tname,
+                    dataset=info["dataset"],
+                    model=info["model"],
+                    metric=info["metric"],
+                    direction=info["direction"],
+                    fidelity_unit=info["fidelity_unit"],
+                    fidelity_max=int(float(fmax)) if _present(fmax) else int(info["steps"]),
+                    metafeatures=info["mf"],
+                )
+            )
+        order = {t.name: i for i, t in enumerate(task_list)}
+        run_list = []
+        for info in runs.values():
+            steps = sorted(info["points"])
+            if steps != list(range(1, len(steps) + 1)):
+                _logger.info("Skipping a run of task %r: steps %s are not 1..L.", info["task"], steps)
+                continue
+            run_list.append(
+                Run(
+                    task=order[info["task"]],
+                    config=info["config"],
+                    curve=np.array([info["points"][s][0] for s in steps]),
+                    cost=np.array([info["points"][s][1] for s in steps]),
+                )
+            )
+        return cls(space, task_list, run_list)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the long table to ``path`` and the search space to ``<path>.space.json``."""
+        path = Path(path)
+        rows = self.to_rows()
+        columns = list(rows[0]) if rows else ["task", "run", "step", "value", "cost"]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        _space_sidecar(path).write_text(json.dumps(self.space.to_json(), indent=1))
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | Path, space: SearchSpace | None = None) -> "MetaDataset":
+        path = Path(path)
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        return cls.from_rows(rows, space or _read_space_sidecar(path))
+
+    def to_parquet(self, path: str | Path) -> Path:
+        pd = _pandas()
+        path = Path(path)
+        pd.DataFrame(self.to_rows()).to_parquet(path, index=False)
+        _space_sidecar(path).write_text(json.dumps(self.space.to_json(), indent=1))
+        return path
+
+    @classmethod
+    def from_parquet(cls, path: str | Path, space: SearchSpace | None = None) -> "MetaDataset":
+        pd = _pandas()
+        path = Path(path)
+        rows = pd.read_parquet(path).to_dict(orient="records")
+        return cls.from_rows(rows, space or _read_space_sidecar(path))
+
+
+# ---------------------------------------------------------------------- reading one study
+def _read_study(
+    study: optuna.Study, space: SearchSpace | None
+) -> tuple[str | None, tuple[Task, SearchSpace, list[Run]] | None]:
+    attrs = study.user_attrs
+    task_attr = attrs.get(contract.TASK)
+    fid = attrs.get(contract.FIDELITY)
+    if not isinstance(task_attr, dict):
+        return f"no {contract.TASK!r} user attribute", None
+    if not isinstance(fid, dict) or not isinstance(fid.get("max"), (int, float)) or fid["max"] < 1:
+        return f"{contract.FIDELITY!r} is missing or has no positive 'max'", None
+    if len(study.directions) != 1:
+        return "multi-objective studies are not tasks", None
+    mf = attrs.get(contract.METAFEATURES) or {}
+    try:
+        mf = {str(k): float(v) for k, v in mf.items()}
+    except (TypeError, ValueError, AttributeError):
+        return f"{contract.METAFEATURES!r} is not a {{name: number}} mapping", None
+    bad_mf = [k for k, v in mf.items() if not math.isfinite(v)]
+    if bad_mf:
+        return f"meta-features {bad_mf} are not finite numbers", None
+    direction = task_attr.get("direction") or (
+        "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+    )
+    task = Task(
+        name=study.study_name,
+        dataset=str(task_attr.get("dataset", study.study_name)),
+        model=str(task_attr.get("model", "")),
+        metric=str(task_attr.get("metric", "value")),
+        direction=str(direction),
+        fidelity_unit=str(fid.get("unit", "epoch")),
+        fidelity_max=int(fid["max"]),
+        metafeatures=mf,
+    )
+    trials = study.get_trials(deepcopy=False)
+    study_space = space or _infer_space(trials, attrs.get(contract.SPACE))
+    if study_space is None:
+        return "no finished trial with parameters", None
+    runs = _stitch(trials, study_space, task)
+    if not runs:
+        return "no trial with a usable learning curve", None
+    return None, (task, study_space, runs)
+
+
+def _infer_space(trials: Sequence[FrozenTrial], space_attr: Any) -> SearchSpace | None:
+    name = space_attr.get("name", "custom") if isinstance(space_attr, dict) else "custom"
+    counts: dict[str, tuple[int, dict[str, BaseDistribution]]] = {}
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.distributions:
+            fp = SearchSpace(t.distributions).fingerprint
+            n, _ = counts.get(fp, (0, t.distributions))
+            counts[fp] = (n + 1, t.distributions)
+    if not counts:
+        return None
+    # The space used by most trials; trials of another space are then skipped one by one.
+    _, dists = max(counts.values(), key=lambda v: v[0])
+    return SearchSpace(dists, name=name)
+
+
+def _trial_piece(t: FrozenTrial, space: SearchSpace, task: Task) -> tuple[str | None, Any]:
+    if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        return f"state {t.state.name}", None
+    if set(t.distributions) != set(space.distributions) or any(
+        t.distributions[k] != space.distributions[k] for k in space.distributions
+    ):
+        return "parameters differ from the study's search space", None
+    steps = sorted(t.intermediate_values)
+    if not steps:
+        return "no intermediate values (no learning curve)", None
+    if steps[0] < 1 or steps[-1] > task.fidelity_max:
+        return f"steps {steps[0]}..{steps[-1]} outside 1..{task.fidelity_max}", None
+    values = np.array([t.intermediate_values[s] for s in steps], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        return "non-finite intermediate values", None
+    cost_attr = t.user_attrs.get(contract.COST)
+    if cost_attr is None:
+        cost = np.full(len(steps), np.nan)
+    else:
+        try:
+            cost = np.asarray(cost_attr, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return f"{contract.COST!r} is not a list of numbers", None
+        if cost.shape[0] != len(steps):
+            return f"{contract.COST!r} has {cost.shape[0]} entries for {len(steps)} reported steps", None
+    return None, (steps, values, cost)
+
+
+def _stitch(trials: Sequence[FrozenTrial], space: SearchSpace, task: Task) -> list[Run]:
+    by_number = {t.number: t for t in trials}
+    children: dict[int, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        parent = t.user_attrs.get(contract.RESUME_OF)
+        if parent is None or t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        if parent in children:
+            _logger.info(
+                "Task %r: trial %d also resumes trial %d (already continued by %d); ignoring it.",
+                task.name, t.number, parent, children[parent],
+            )
+            continue
+        children[int(parent)] = t.number
+    continuation = set(children.values())
+    runs: list[Run] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.number in continuation:
+            continue
+        if t.user_attrs.get(contract.RESUME_OF) is not None:
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                _logger.info(
+                    "Task %r: trial %d resumes trial %s, which is not in the study; skipped.",
+                    task.name, t.number, t.user_attrs[contract.RESUME_OF],
+                )
+            continue
+        reason, piece = _trial_piece(t, space, task)
+        if reason is not None:
+            _logger.info("Task %r: skipping trial %d: %s.", task.name, t.number, reason)
+            continue
+        steps, values, cost = piece
+        chain = [t.number]
+        node = t.number
+        while node in children:
+            child = by_number[children[node]]
+            reason, piece = _trial_piece(child, space, task)
+            if reason is not None or child.params != t.params:
+                _logger.info(
+                    "Task %r: continuation trial %d of %d not stitched: %s.",
+                    task.name, child.number, node, reason or "its parameters differ",
+                )
+                break
+            c_steps, c_values, c_cost = piece
+            keep = [i for i, s in enumerate(c_steps) if s > steps[-1]]
+            offset = cost[-1] if len(cost) else 0.0
+            steps = steps + [c_steps[i] for i in keep]
+            values = np.concatenate([values, c_values[keep]])
+            cost = np.concatenate([cost, c_cost[keep] + offset])
+            chain.append(child.number)
+            node = child.number
+        if steps != list(range(1, len(steps) + 1)):
+            # Curves reported at a coarser grid (e.g. every 2 epochs) are filled by carrying the
+            # last value forward would invent data; we keep only the contiguous prefix instead.
+            contiguous = 0
+            while contiguous < len(steps) and steps[contiguous] == contiguous + 1:
+                contiguous += 1
+            if contiguous == 0:
+                _logger.info("Task %r: trial %d has no step 1; skipped.", task.name, t.number)
+                continue
+            values, cost = values[:contiguous], cost[:contiguous]
+        runs.append(Run(task=0, config=dict(t.params), curve=values, cost=cost, trials=tuple(chain)))
+    return runs
+
+
+def _apply_metafeature_policy(tasks: list[Task], policy: MetaFeaturePolicy) -> list[Task]:
+    if policy == "none":
+        return [replace(t, metafeatures={}) for t in tasks]
+    names = [set(t.metafeatures) for t in tasks]
+    if all(n == names[0] for n in names):
+        return tasks
+    if policy == "intersection":
+        common = set.intersection(*names)
+        if not common:
+            _logger.warning("The studies share no meta-feature name; transfer will be dataset-agnostic.")
+        return [replace(t, metafeatures={k: t.metafeatures[k] for k in sorted(common)}) for t in tasks]
+    if policy != "strict":
+        raise ValueError(f"metafeatures must be 'strict', 'intersection' or 'none', not {policy!r}.")
+    raise MetaFeatureError(
+        "The studies do not have the same meta-features: "
+        + _describe_metafeature_mismatch(tasks)
+        + ". Add the missing ones to the studies' 'quicktune.metafeatures', or pass "
+        "metafeatures='intersection' (keep the common names) or 'none' (dataset-agnostic)."
+    )
+
+
+def _describe_metafeature_mismatch(tasks: Sequence[Task]) -> str:
+    union = sorted(set().union(*[set(t.metafeatures) for t in tasks]))
+    parts = []
+    for t in tasks:
+        lacking = [k for k in union if k not in t.metafeatures]
+        if lacking:
+            parts.append(f"{t.name!r} lacks {lacking}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------- table helpers
+def _space_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".space.json")
+
+
+def _read_space_sidecar(path: Path) -> SearchSpace:
+    sidecar = _space_sidecar(path)
+    if not sidecar.exists():
+        raise FileNotFoundError(
+            f"{sidecar} not found: pass space=SearchSpace(...) describing the table's parameters."
+        )
+    return SearchSpace.from_json(json.loads(sidecar.read_text()))
+
+
+def _present(v: Any) -> bool:
+    if v is None or v == "":
+        return False
+    try:
+        return not math.isnan(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+def _from_cell(dist: BaseDistribution, cell: Any) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        for choice in dist.choices:
+            if choice == cell or str(choice) == str(cell):
+                return choice
+        try:
+            as_float = float(cell)
+        except (TypeError, ValueError):
+            as_float = None
+        for choice in dist.choices:
+            if isinstance(choice, (int, float)) and as_float is not None and float(choice) == as_float:
+                return choice
+        raise ValueError(f"Cell {cell!r} is not one of {list(dist.choices)}.")
+    value = float(cell)
+    return int(round(value)) if isinstance(dist, optuna.distributions.IntDistribution) else value
+
+
+def _pandas() -> Any:
+    try:
+        import pandas as pd
+    except ImportError as e:  # pragma: no cover - depends on extras
+        raise ImportError(
+            "Parquet import/export needs pandas and pyarrow: pip install 'optuna-quicktune[parquet]'."
+        ) from e
+    return pd

@@ -1,0 +1,227 @@
+"""The meta-trained surrogates and the bundle that the sampler and pruner use.
+
+``PerformanceSurrogate`` is Quick-Tune's deep-kernel GP: a :class:`FeatureExtractor` embeds
+(configuration, curve prefix, target budget, meta-features) and an :class:`ExactGP` on the embedding
+predicts the normalised score. After meta-training the GP is conditioned once on a bounded context
+of meta-training points, so a prediction costs ``O(q * n_context)`` whatever the meta-dataset size.
+
+``CostSurrogate`` regresses the log of one step's cost, so every predicted cost is positive.
+
+``QuickTuneSurrogate`` bundles both with the search space and the preprocessing record; it is what
+``meta_train`` returns, what ``save``/``load`` persist and what ``QuickTuneSampler`` takes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from optuna_quicktune.errors import SpaceMismatchError
+from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.surrogate.gp import ExactGP, Posterior
+from optuna_quicktune.surrogate.networks import CostNet, FeatureExtractor
+from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
+
+__all__ = ["PerformanceSurrogate", "CostSurrogate", "QuickTuneSurrogate"]
+
+
+class PerformanceSurrogate:
+    """Deep-kernel GP over (configuration, curve prefix, budget, meta-features)."""
+
+    def __init__(
+        self, dim_x: int, max_fidelity: int, dim_mf: int, *, hidden: int = 64, embedding: int = 16, kernel: str = "rbf"
+    ) -> None:
+        self.hparams = {
+            "dim_x": dim_x, "max_fidelity": max_fidelity, "dim_mf": dim_mf,
+            "hidden": hidden, "embedding": embedding, "kernel": kernel,
+        }
+        self.net = FeatureExtractor(dim_x, max_fidelity, dim_mf, hidden, embedding)
+        self.gp = ExactGP(kernel)
+        self.context: Batch | None = None
+        self.context_y: torch.Tensor | None = None
+        self.std_scale = 1.0
+        self._posterior: Posterior | None = None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.net.parameters()) + list(self.gp.parameters())
+
+    def embed(self, b: Batch) -> torch.Tensor:
+        return self.net(b).double()
+
+    def loss(self, b: Batch, y: torch.Tensor) -> torch.Tensor:
+        """Negative exact marginal log-likelihood (per point) of the batch."""
+        return -self.gp.marginal_log_likelihood(self.embed(b), y.double())
+
+    def set_context(self, b: Batch, y: np.ndarray | torch.Tensor) -> None:
+        self.context = b
+        self.context_y = torch.as_tensor(y, dtype=torch.float64)
+        self._posterior = None
+
+    def posterior(self) -> Posterior:
+        if self.context is None or self.context_y is None:
+            raise RuntimeError("The surrogate has no conditioning context; meta-train or load one.")
+        if self._posterior is None:
+            with torch.no_grad():
+                self._posterior = self.gp.condition(self.embed(self.context), self.context_y)
+        return self._posterior
+
+    def predict_z(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the normalised score (calibrated by ``std_scale``)."""
+        post = self.posterior()
+        with torch.no_grad():
+            mean, var = post.predict(self.embed(b))
+        return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
+
+    def invalidate(self) -> None:
+        self._posterior = None
+
+
+class CostSurrogate:
+    """Per-step cost; trained on and predicting log-cost, so predictions are strictly positive."""
+
+    def __init__(self, dim_x: int, dim_mf: int, *, hidden: int = 64) -> None:
+        self.hparams = {"dim_x": dim_x, "dim_mf": dim_mf, "hidden": hidden}
+        self.net = CostNet(dim_x, dim_mf, hidden)
+        self.trained = False
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.net.parameters())
+
+    def predict_log(self, b: Batch) -> np.ndarray:
+        with torch.no_grad():
+            return self.net(b).double().numpy()
+
+
+class QuickTuneSurrogate:
+    """Performance and cost surrogates of one search space, ready to score candidates."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        prep: Preprocessing,
+        performance: PerformanceSurrogate,
+        cost: CostSurrogate,
+        *,
+        meta_configs: np.ndarray | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.space = space
+        self.prep = prep
+        self.performance = performance
+        self.cost = cost
+        self.meta_configs = np.zeros((0, space.dim)) if meta_configs is None else np.asarray(meta_configs)
+        self.info: dict[str, Any] = dict(info or {})
+
+    # --------------------------------------------------------------- identity
+    @property
+    def metafeature_names(self) -> list[str]:
+        return list(self.prep.metafeature_names)
+
+    @property
+    def max_fidelity(self) -> int:
+        return self.prep.max_fidelity
+
+    def check_space(self, space: SearchSpace) -> None:
+        if space.fingerprint != self.space.fingerprint:
+            ours, theirs = set(self.space.names), set(space.names)
+            raise SpaceMismatchError(
+                f"This surrogate was trained on space {self.space.name!r} ({self.space.fingerprint}), "
+                f"not {space.name!r} ({space.fingerprint}). Parameters only in the surrogate's space: "
+                f"{sorted(ours - theirs)}; only in yours: {sorted(theirs - ours)}; same names may differ in "
+                "range or choices. Use the surrogate's space (surrogate.space) or meta-train one on yours."
+            )
+
+    def weights_digest(self) -> str:
+        """A hash of every weight: equal digests mean identical models (used to prove no refit)."""
+        h = hashlib.sha256()
+        for name, t in sorted(_all_tensors(self).items()):
+            h.update(name.encode())
+            h.update(t.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def copy(self) -> "QuickTuneSurrogate":
+        return copy.deepcopy(self)
+
+    # --------------------------------------------------------------- inputs
+    def batch(
+        self,
+        X: np.ndarray,
+        prefixes: Sequence[np.ndarray | Sequence[float]] | None,
+        target: np.ndarray | Sequence[int] | int,
+        *,
+        fidelity_max: int,
+        metafeatures: Mapping[str, float] | np.ndarray | None,
+        sign: float = 1.0,
+    ) -> Batch:
+        """Network inputs for candidates ``X`` (encoded), each with an observed curve prefix."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        q, F = X.shape[0], self.prep.max_fidelity
+        if fidelity_max > F:
+            raise ValueError(
+                f"The task's max fidelity {fidelity_max} exceeds the surrogate's {F}: the surrogate never "
+                "saw curves that long. Report fewer fidelity steps or meta-train on longer curves."
+            )
+        prefix_z = np.zeros((q, F))
+        lengths = np.zeros(q, dtype=np.int64)
+        if prefixes is not None:
+            if len(prefixes) != q:
+                raise ValueError(f"Got {len(prefixes)} prefixes for {q} candidates.")
+            for i, p in enumerate(prefixes):
+                p = np.asarray(p, dtype=np.float64)[:F]
+                lengths[i] = p.shape[0]
+                prefix_z[i, : p.shape[0]] = self.prep.z(p, sign)
+        target_arr = np.broadcast_to(np.asarray(target, dtype=np.float64), (q,))
+        mf_u = np.broadcast_to(self.prep.metafeatures(metafeatures), (q, len(self.prep.metafeature_names)))
+        return Batch.build(X, prefix_z, lengths, target_arr, np.full(q, float(fidelity_max)), mf_u, F)
+
+    # --------------------------------------------------------------- predictions
+    def predict(
+        self,
+        X: np.ndarray,
+        prefixes: Sequence[np.ndarray | Sequence[float]] | None,
+        target: np.ndarray | Sequence[int] | int,
+        *,
+        fidelity_max: int,
+        metafeatures: Mapping[str, float] | np.ndarray | None,
+        sign: float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted mean and std of the score at ``target`` in the metric's own units and direction."""
+        b = self.batch(X, prefixes, target, fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
+        mz, sz = self.performance.predict_z(b)
+        return self.prep.y(mz, sign), sz * self.prep.y_std
+
+    def predict_cost(
+        self,
+        X: np.ndarray,
+        target: np.ndarray | Sequence[int] | int,
+        *,
+        fidelity_max: int,
+        metafeatures: Mapping[str, float] | np.ndarray | None,
+    ) -> np.ndarray:
+        """Predicted seconds of the step that reaches fidelity ``target`` (strictly positive)."""
+        b = self.batch(X, None, target, fidelity_max=fidelity_max, metafeatures=metafeatures)
+        return self.prep.cost(self.cost.predict_log(b))
+
+    # --------------------------------------------------------------- persistence
+    def save(self, directory: str) -> None:
+        from optuna_quicktune.surrogate.persistence import save
+
+        save(self, directory)
+
+    @classmethod
+    def load(cls, directory: str) -> "QuickTuneSurrogate":
+        from optuna_quicktune.surrogate.persistence import load
+
+        return load(directory)
+
+
+def _all_tensors(s: QuickTuneSurrogate) -> dict[str, torch.Tensor]:
+    out = {f"perf.net.{k}": v for k, v in s.performance.net.state_dict().items()}
+    out.update({f"perf.gp.{k}": v for k, v in s.performance.gp.state_dict().items()})
+    out.update({f"cost.net.{k}": v for k, v in s.cost.net.state_dict().items()})
+    return out

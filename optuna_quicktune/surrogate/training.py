@@ -1,0 +1,343 @@
+"""Meta-training (and optional target fine-tuning) of the surrogates.
+
+Notation
+--------
+A training *tuple* is (run r, target step s, prefix length p < s): inputs are r's configuration,
+its curve up to p, the budget s and its task's meta-features; the target is r's score at s.
+Each optimisation step draws one *query task* and ``batch_size`` tuples from it, plus a *context*
+of ``batch_size`` tuples from the other meta-training tasks, and minimises the exact GP negative
+marginal log-likelihood of the union. Because the query task's points are explained through
+other tasks' points, the deep kernel learns what zero-shot use needs: which points of *other*
+datasets say something about this one (through the meta-features) and how a curve prefix
+continues. The cost network is trained alongside on log step costs (MSE).
+
+Validation is by task: held-out tasks are predicted from a context of training tasks only; the
+best step's weights are kept (early stopping) and the predictive std is calibrated on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from optuna_quicktune.errors import EmptyMetaDatasetError
+from optuna_quicktune.metadataset import MetaDataset
+from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate
+from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
+
+__all__ = ["meta_train", "fine_tune", "TrainingTuples"]
+
+_logger = logging.getLogger(__name__)
+
+
+class TrainingTuples:
+    """Draws training tuples from the dense arrays of a MetaDataset."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], prep: Preprocessing) -> None:
+        self.prep = prep
+        self.X = arrays["X"]
+        sign = arrays["sign"][arrays["task"]][:, None]
+        self.Z = prep.z(arrays["Y"], sign)  # NaN beyond each run's end
+        self.lengths = np.isfinite(self.Z).cumprod(axis=1).sum(axis=1).astype(np.int64)
+        self.task = arrays["task"]
+        self.fmax = arrays["fidelity_max"].astype(np.float64)
+        self.mf_u = np.stack([prep.metafeatures(m) for m in arrays["M"]]) if arrays["M"].shape[1] else np.zeros((len(arrays["M"]), 0))
+        C = arrays["C"]
+        self.logc = np.where(np.isfinite(C) & (C > 0), prep.log_cost(np.where(C > 0, C, 1.0)), np.nan)
+        self.runs_by_task = {
+            int(t): np.flatnonzero((self.task == t) & (self.lengths > 0)) for t in np.unique(self.task)
+        }
+        self.tasks = [t for t, r in self.runs_by_task.items() if len(r)]
+
+    def sample(self, tasks: Sequence[int], n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
+        """``n`` tuples from runs of ``tasks`` (uniform over tasks, then runs)."""
+        chosen_tasks = rng.choice(np.asarray(tasks), size=n)
+        runs = np.array([rng.choice(self.runs_by_task[int(t)]) for t in chosen_tasks])
+        L = self.lengths[runs]
+        final = rng.random(n) < 0.3
+        s = np.where(final, L, rng.integers(1, L + 1))  # target step, 1-based
+        fresh = rng.random(n) < 0.4
+        p = np.where(fresh, 0, np.floor(rng.random(n) * s).astype(np.int64))  # prefix length < s
+        return self._build(runs, s, p), self.Z[runs, s - 1]
+
+    def _build(self, runs: np.ndarray, s: np.ndarray, p: np.ndarray) -> Batch:
+        t = self.task[runs]
+        return Batch.build(
+            self.X[runs], self.Z[runs], p, s.astype(np.float64), self.fmax[t], self.mf_u[t], self.prep.max_fidelity
+        )
+
+    def sample_cost(self, tasks: Sequence[int], n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray] | None:
+        mask = np.isin(self.task, np.asarray(tasks))[:, None] & np.isfinite(self.logc)
+        idx = np.argwhere(mask)
+        if len(idx) == 0:
+            return None
+        pick = idx[rng.integers(0, len(idx), size=n)]
+        runs, s = pick[:, 0], pick[:, 1] + 1
+        return self._build(runs, s, np.zeros(n, dtype=np.int64)), self.logc[runs, s - 1]
+
+    def all_finals(self, task: int) -> tuple[Batch, np.ndarray]:
+        """Zero-shot queries of a task: every run at its last step with no prefix."""
+        runs = self.runs_by_task[task]
+        s = self.lengths[runs]
+        return self._build(runs, s, np.zeros(len(runs), dtype=np.int64)), self.Z[runs, s - 1]
+
+
+@dataclass
+class _Split:
+    train: list[int]
+    val: list[int]
+
+
+def _split(tasks: list[int], val_tasks: Sequence[int] | None, val_fraction: float, rng: np.random.Generator) -> _Split:
+    if val_tasks is not None:
+        val = [t for t in tasks if t in set(val_tasks)]
+    elif len(tasks) >= 3 and val_fraction > 0:
+        k = max(1, int(round(val_fraction * len(tasks))))
+        val = sorted(rng.choice(tasks, size=k, replace=False).tolist())
+    else:
+        val = []
+    train = [t for t in tasks if t not in set(val)]
+    return _Split(train, val)
+
+
+def meta_train(
+    metadataset: MetaDataset,
+    *,
+    steps: int = 1500,
+    batch_size: int = 128,
+    context_size: int = 256,
+    learning_rate: float = 1e-3,
+    hidden: int = 64,
+    embedding: int = 16,
+    kernel: str = "rbf",
+    val_fraction: float = 0.2,
+    val_tasks: Sequence[int] | None = None,
+    eval_every: int = 100,
+    patience: int = 5,
+    seed: int = 0,
+    time_limit: float | None = None,
+    progress: bool | Callable[[int, dict[str, float]], None] = False,
+) -> QuickTuneSurrogate:
+    """Meta-train the performance and cost surrogates on every task of ``metadataset``.
+
+    Args:
+        steps: Optimisation steps (upper bound; early stopping may end sooner).
+        batch_size: Tuples from the query task per step (and as many context tuples from others).
+        context_size: Meta-training points the GP conditions on after training (prediction cost).
+        val_tasks: Task indices to validate on; by default ``val_fraction`` of the tasks, seeded.
+        patience: Evaluations without improvement before stopping.
+        progress: ``True`` for a progress bar, or a callback ``(step, metrics)``.
+    """
+    if len(metadataset.runs) == 0:
+        raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    arrays = metadataset.arrays()
+    prep = Preprocessing.fit(arrays, metadataset.metafeature_names)
+    data = TrainingTuples(arrays, prep)
+    split = _split(data.tasks, val_tasks, val_fraction, rng)
+    if len(split.train) < 1:
+        raise EmptyMetaDatasetError("Meta-training needs at least one training task with a learning curve.")
+
+    dim_mf = len(prep.metafeature_names)
+    perf = PerformanceSurrogate(metadataset.space.dim, prep.max_fidelity, dim_mf, hidden=hidden, embedding=embedding, kernel=kernel)
+    cost = CostSurrogate(metadataset.space.dim, dim_mf, hidden=hidden)
+    opt = torch.optim.Adam(perf.parameters(), lr=learning_rate)
+    opt_cost = torch.optim.Adam(cost.parameters(), lr=learning_rate)
+
+    val_rng = np.random.default_rng(seed + 1)
+    val_sets = [(data.sample(split.train, batch_size, val_rng), data.sample([t], batch_size, val_rng)) for t in split.val]
+    best = (math.inf, None, 0)
+    history: list[dict[str, float]] = []
+    bar = _progress_bar(steps) if progress is True else None
+    stale = 0
+    step = 0
+    for step in range(1, steps + 1):
+        task = int(rng.choice(split.train))
+        others = [t for t in split.train if t != task] or [task]
+        qb, qy = data.sample([task], batch_size, rng)
+        cb, cy = data.sample(others, batch_size, rng)
+        opt.zero_grad()
+        loss = perf.loss(qb.cat(cb), torch.as_tensor(np.concatenate([qy, cy])))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(perf.parameters(), 10.0)
+        opt.step()
+        cs = data.sample_cost(split.train, 2 * batch_size, rng)
+        if cs is not None:
+            opt_cost.zero_grad()
+            closs = torch.mean((cost.net(cs[0]) - torch.as_tensor(cs[1], dtype=torch.float32)) ** 2)
+            closs.backward()
+            opt_cost.step()
+            cost.trained = True
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % eval_every == 0 or step == steps:
+            metrics = {"step": step, "train_nll": float(loss.item())}
+            if val_sets:
+                metrics["val_nll"] = _val_nll(perf, val_sets)
+                history.append(metrics)
+                if metrics["val_nll"] < best[0] - 1e-4:
+                    best = (metrics["val_nll"], _state(perf), step)
+                    stale = 0
+                else:
+                    stale += 1
+            else:
+                history.append(metrics)
+            if callable(progress):
+                progress(step, metrics)
+            if stale >= patience:
+                break
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            _logger.info("meta_train: time limit reached after %d steps.", step)
+            break
+    if bar is not None:
+        bar.close()
+    if best[1] is not None:
+        _restore(perf, best[1])
+
+    info: dict[str, Any] = {
+        "tasks": [t.name for t in metadataset.tasks],
+        "train_tasks": [metadataset.tasks[t].name for t in split.train],
+        "val_tasks": [metadataset.tasks[t].name for t in split.val],
+        "n_runs": len(metadataset.runs),
+        "steps": step,
+        "best_step": best[2] or step,
+        "seed": seed,
+        "train_seconds": round(time.perf_counter() - t0, 3),
+        "history": history,
+        "hyperparameters": {
+            "steps": steps, "batch_size": batch_size, "context_size": context_size, "learning_rate": learning_rate,
+            "hidden": hidden, "embedding": embedding, "kernel": kernel,
+        },
+    }
+    # Calibrate the predictive std on validation tasks (context from training tasks only).
+    if split.val:
+        ctx_b, ctx_y = data.sample(split.train, context_size, np.random.default_rng(seed + 2))
+        perf.set_context(ctx_b, ctx_y)
+        perf.std_scale = _calibrate(perf, data, split.val, seed)
+        info["validation"] = _validation_report(perf, data, split.val)
+    ctx_b, ctx_y = data.sample(data.tasks, context_size, np.random.default_rng(seed + 3))
+    perf.set_context(ctx_b, ctx_y)
+    meta_configs = np.unique(np.round(arrays["X"], 6), axis=0)
+    return QuickTuneSurrogate(metadataset.space, prep, perf, cost, meta_configs=meta_configs, info=info)
+
+
+def fine_tune(
+    surrogate: QuickTuneSurrogate,
+    observations: MetaDataset,
+    *,
+    steps: int = 50,
+    batch_size: int = 64,
+    learning_rate: float = 1e-4,
+    seed: int = 0,
+) -> QuickTuneSurrogate:
+    """Quick-Tune's refit: a copy fine-tuned on the target study's curves and conditioned on them.
+
+    The original surrogate is left untouched, so ``refit=False`` users sharing it see no change.
+    """
+    s = surrogate.copy()
+    if not observations.runs:
+        return s
+    surrogate.check_space(observations.space)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    arrays = observations.arrays()
+    F = s.prep.max_fidelity
+    arrays = _pad_to(arrays, F)
+    data = TrainingTuples(arrays, s.prep)
+    base_ctx, base_y = s.performance.context, s.performance.context_y
+    assert base_ctx is not None and base_y is not None
+    opt = torch.optim.Adam(s.performance.parameters(), lr=learning_rate)
+    n_ctx = min(batch_size, len(base_y))
+    for _ in range(steps):
+        qb, qy = data.sample(data.tasks, batch_size, rng)
+        idx = torch.as_tensor(rng.choice(len(base_y), size=n_ctx, replace=False))
+        cb = Batch(base_ctx.x[idx], base_ctx.curve[idx], base_ctx.budget[idx], base_ctx.mf[idx])
+        opt.zero_grad()
+        loss = s.performance.loss(qb.cat(cb), torch.cat([torch.as_tensor(qy), base_y[idx]]))
+        loss.backward()
+        opt.step()
+    # Condition on the meta context plus every target observation at its prefix-free final step.
+    qb, qy = data.sample(data.tasks, min(256, 4 * int(data.lengths.sum()) + 1), rng)
+    s.performance.set_context(base_ctx.cat(qb), torch.cat([base_y, torch.as_tensor(qy)]))
+    s.info = dict(s.info, refit={"observations": int(np.isfinite(arrays["Y"]).sum()), "steps": steps})
+    return s
+
+
+# ---------------------------------------------------------------------- helpers
+def _pad_to(arrays: dict[str, np.ndarray], F: int) -> dict[str, np.ndarray]:
+    out = dict(arrays)
+    for k in ("Y", "C"):
+        a = arrays[k]
+        if a.shape[1] < F:
+            out[k] = np.concatenate([a, np.full((a.shape[0], F - a.shape[1]), np.nan)], axis=1)
+    return out
+
+
+def _val_nll(perf: PerformanceSurrogate, val_sets: list[Any]) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for (cb, cy), (qb, qy) in val_sets:
+            post = perf.gp.condition(perf.embed(cb), torch.as_tensor(cy, dtype=torch.float64))
+            mean, var = post.predict(perf.embed(qb))
+            y = torch.as_tensor(qy, dtype=torch.float64)
+            total += float((0.5 * torch.log(2 * math.pi * var) + 0.5 * (y - mean) ** 2 / var).mean())
+    return total / len(val_sets)
+
+
+def _calibrate(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int], seed: int) -> float:
+    rng = np.random.default_rng(seed + 4)
+    zs = []
+    perf.std_scale = 1.0
+    for t in val:
+        qb, qy = data.sample([t], 256, rng)
+        m, s = perf.predict_z(qb)
+        zs.append(np.abs(qy - m) / s)
+    z = np.concatenate(zs)
+    return float(np.clip(np.quantile(z, 0.9) / 1.6449, 0.5, 5.0))
+
+
+def _validation_report(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int]) -> dict[str, float]:
+    from scipy.stats import spearmanr
+
+    rhos, covered, n = [], 0, 0
+    for t in val:
+        qb, qy = data.all_finals(t)
+        m, s = perf.predict_z(qb)
+        if len(qy) > 2:
+            rhos.append(float(spearmanr(m, qy).statistic))
+        covered += int(np.sum(np.abs(qy - m) <= 1.6449 * s))
+        n += len(qy)
+    return {
+        "spearman_final_zero_shot": float(np.nanmean(rhos)) if rhos else float("nan"),
+        "coverage90_final": covered / max(n, 1),
+        "std_scale": perf.std_scale,
+    }
+
+
+def _state(perf: PerformanceSurrogate) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        "net": {k: v.clone() for k, v in perf.net.state_dict().items()},
+        "gp": {k: v.clone() for k, v in perf.gp.state_dict().items()},
+    }
+
+
+def _restore(perf: PerformanceSurrogate, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    perf.net.load_state_dict(state["net"])
+    perf.gp.load_state_dict(state["gp"])
+    perf.invalidate()
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="meta-train", unit="step")
