@@ -28,3 +28,9 @@ __all__ = [
     "SurrogateFormatError",
     "SpaceMismatchError",
 ]
+
+from optuna_quicktune.sampler import QuickTuneSampler  # noqa: E402
+from optuna_quicktune.pruner import QuickTunePruner  # noqa: E402
+from optuna_quicktune.pretrained import load_surrogate  # noqa: E402
+
+__all__ += ["QuickTuneSampler", "QuickTunePruner", "load_surrogate"]

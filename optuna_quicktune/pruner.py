@@ -1,0 +1,68 @@
+"""QuickTunePruner: stop (or pause) a run when its next step is worth less than the best alternative.
+
+At every reported fidelity the pruner asks the sampler's surrogates for the cost-aware expected
+improvement of continuing this trial one more step, and compares it with the best other action the
+study could take instead (a new configuration or a paused one). The trial is pruned when
+
+    score(continue) * (1 + margin) < score(best alternative)
+
+and at least ``min_steps`` fidelities were reported. If the objective saves a checkpoint before
+raising ``TrialPruned`` (``quicktune.checkpoint``), the sampler marks the trial
+``quicktune.paused`` and may resume it later: pruning becomes freeze-thaw.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import Study
+from optuna.trial import FrozenTrial
+
+from optuna_quicktune.sampler import QuickTuneSampler
+
+__all__ = ["QuickTunePruner"]
+
+
+class QuickTunePruner(BasePruner):
+    """Cost-aware grey-box stopping with the same surrogates as :class:`QuickTuneSampler`.
+
+    Args:
+        sampler: The study's sampler; its surrogates, pool and settings are reused.
+        margin: Relative advantage the alternative must have before this trial is stopped; a larger
+            margin stops fewer runs.
+        min_steps: Fidelities a trial (chain) must have reported before it can be stopped.
+    """
+
+    def __init__(self, sampler: QuickTuneSampler, *, margin: float = 0.1, min_steps: int = 1) -> None:
+        if not isinstance(sampler, QuickTuneSampler):
+            raise TypeError("QuickTunePruner needs the study's QuickTuneSampler: QuickTunePruner(sampler).")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}.")
+        if min_steps < 1:
+            raise ValueError(f"min_steps must be >= 1, got {min_steps}.")
+        self.sampler = sampler
+        self.margin = float(margin)
+        self.min_steps = int(min_steps)
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        if not trial.intermediate_values:
+            return False
+        ctx = self.sampler._context(study)  # noqa: SLF001 - one object, split in two for Optuna's API
+        view = ctx.state.trials.get(trial.number)
+        reached = len(view.prefix) if view is not None else len(trial.intermediate_values)
+        if reached < self.min_steps or reached >= ctx.fidelity_max:
+            return False
+        mine = self.sampler.continuation_score(study, trial, ctx=ctx)
+        if mine is None:
+            return False
+        alternatives = self.sampler.rank_actions(study, ctx=ctx, exclude=trial.number, limit=1)
+        if not alternatives:
+            return False
+        best = alternatives[0].score
+        decision = mine * (1.0 + self.margin) < best
+        if decision:
+            optuna.logging.get_logger(__name__).info(
+                f"Trial {trial.number}: stop at fidelity {reached} (continue={mine:.4g} < "
+                f"{alternatives[0].kind} {alternatives[0].config_id}={best:.4g})."
+            )
+        return decision

@@ -1,0 +1,115 @@
+"""What the sampler and pruner know about the target study, rebuilt from the storage on each call.
+
+Nothing here is kept between calls: two workers, or a process restarted after a crash, read the same
+trials and therefore reach the same decisions.
+
+Notation
+--------
+A *chain* is a trial plus the continuation trials that resume it (``quicktune.resume_of``). Its
+*prefix* is the stitched curve: the parent's steps then the child's. Fidelities are global steps of
+the configuration (a child reports from where its parent stopped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_quicktune import contract
+from optuna_quicktune.space import SearchSpace
+
+__all__ = ["TrialView", "StudyState"]
+
+_ALIVE = (TrialState.RUNNING, TrialState.WAITING)
+
+
+@dataclass
+class TrialView:
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    config_id: str | None
+    prefix: np.ndarray  # stitched curve of the chain up to this trial's last report
+    resume_of: int | None
+    paused: bool
+    checkpoint: str | None = None
+    continued: bool = False  # another trial resumes this one
+
+
+@dataclass
+class StudyState:
+    space: SearchSpace
+    trials: dict[int, TrialView] = field(default_factory=dict)
+    best_at: dict[int, float] = field(default_factory=dict)  # fidelity -> best sign*value observed
+
+    @classmethod
+    def build(cls, trials: Sequence[FrozenTrial], space: SearchSpace, sign: float) -> "StudyState":
+        st = cls(space)
+        for t in sorted(trials, key=lambda t: t.number):
+            parent = t.user_attrs.get(contract.RESUME_OF)
+            parent = int(parent) if parent is not None else None
+            own = t.intermediate_values
+            for step, v in own.items():
+                if np.isfinite(v):
+                    sv = sign * float(v)
+                    if sv > st.best_at.get(int(step), -np.inf):
+                        st.best_at[int(step)] = sv
+            prefix = np.array([own[s] for s in sorted(own)], dtype=np.float64)
+            if parent is not None and parent in st.trials:
+                base = st.trials[parent].prefix
+                steps = sorted(own)
+                keep = [own[s] for s in steps if s > len(base)]
+                prefix = np.concatenate([base, np.asarray(keep, dtype=np.float64)])
+                if t.state not in (TrialState.FAIL,):
+                    st.trials[parent].continued = True
+            params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
+            config_id = t.user_attrs.get(contract.CONFIG_ID)
+            if config_id is None and params and space.contains(params):
+                config_id = space.config_id(params)
+            st.trials[t.number] = TrialView(
+                number=t.number,
+                state=t.state,
+                params=params,
+                config_id=config_id,
+                prefix=prefix,
+                resume_of=parent,
+                paused=bool(t.user_attrs.get(contract.PAUSED, False))
+                or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT))),
+                checkpoint=t.user_attrs.get(contract.CHECKPOINT),
+            )
+        return st
+
+    # ------------------------------------------------------------------ queries
+    def used_config_ids(self, exclude: int | None = None) -> set[str]:
+        """Configurations already started, enqueued or finished (never proposed again as new)."""
+        return {v.config_id for n, v in self.trials.items() if v.config_id is not None and n != exclude}
+
+    def resumable(self) -> list[TrialView]:
+        """Paused trials with a checkpoint that nobody has continued yet."""
+        return [v for v in self.trials.values() if v.paused and not v.continued and v.state == TrialState.PRUNED]
+
+    def n_observations(self) -> int:
+        return int(sum(len(v.prefix) for v in self.trials.values() if v.resume_of is None))
+
+    def incumbent(self, fidelity: int) -> float:
+        """Best observed (sign-adjusted) score at ``fidelity``, else at the nearest lower one."""
+        for b in range(fidelity, 0, -1):
+            if b in self.best_at:
+                return self.best_at[b]
+        return -np.inf
+
+    def conflicting(self, number: int, config_id: str, resume_of: int | None) -> bool:
+        """Whether an earlier live trial already runs this configuration (or continues this parent)."""
+        for n, v in self.trials.items():
+            if n >= number or v.state not in (*_ALIVE, TrialState.COMPLETE, TrialState.PRUNED):
+                continue
+            if resume_of is not None:
+                if v.resume_of == resume_of:
+                    return True
+            elif v.config_id == config_id and v.resume_of is None:
+                return True
+        return False
