@@ -82,6 +82,10 @@ class QuickTuneSampler(BaseSampler):
             attribute, then to the surrogate's longest curve.
         n_candidates: Random configurations in the candidate pool (plus the meta-dataset's).
         cost_exponent: How strongly predicted step cost discounts EI (0 ignores cost).
+        horizon: ``"next"`` scores each action by EI at its next fidelity against the incumbent at
+            that fidelity, per cost of that step (Quick-Tune); ``"final"`` by EI of the predicted
+            final score against the best score observed so far, per predicted cost of the
+            remaining steps (freeze-thaw style).
         refit: Fine-tune the surrogates on the study (Quick-Tune) instead of zero-shot use.
         refit_every: With ``refit``, finished trials between two fine-tunings.
         refit_steps: Gradient steps of each fine-tuning.
@@ -97,6 +101,7 @@ class QuickTuneSampler(BaseSampler):
         fidelity_max: int | None = None,
         n_candidates: int = 1000,
         cost_exponent: float = 1.0,
+        horizon: str = "final",
         refit: bool = False,
         refit_every: int = 5,
         refit_steps: int = 50,
@@ -117,6 +122,8 @@ class QuickTuneSampler(BaseSampler):
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}.")
         if cost_exponent < 0:
             raise ValueError(f"cost_exponent must be >= 0, got {cost_exponent}.")
+        if horizon not in ("next", "final"):
+            raise ValueError(f"horizon must be 'next' or 'final', not {horizon!r}.")
         if refit_every < 1:
             raise ValueError(f"refit_every must be >= 1, got {refit_every}.")
         self.surrogate = surrogate
@@ -127,6 +134,7 @@ class QuickTuneSampler(BaseSampler):
         self.fidelity_max = fidelity_max
         self.n_candidates = n_candidates
         self.cost_exponent = float(cost_exponent)
+        self.horizon = horizon
         self.refit = refit
         self.refit_every = refit_every
         self.refit_steps = refit_steps
@@ -200,7 +208,7 @@ class QuickTuneSampler(BaseSampler):
         free = np.array([cid not in used for cid in ids])
         actions: list[Action] = []
         if free.any():
-            inc = ctx.state.incumbent(1)
+            inc = ctx.state.incumbent(1 if self.horizon == "next" else fmax)
             scores = cost_aware_score(mean1, std1, inc, cost1, self.cost_exponent)
             scores = np.where(free, scores, -np.inf)
             k = len(ids) if limit is None else min(limit, int(free.sum()))
@@ -339,12 +347,30 @@ class QuickTuneSampler(BaseSampler):
     def _new_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = self._cache_key(study, ctx, "first-step")
         if key not in self._pred_cache:
-            s = ctx.surrogate
-            mean, std = s.predict(X, None, 1, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures, sign=ctx.sign)
-            cost = s.predict_cost(X, 1, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures)
-            self._pred_cache[key] = (ctx.sign * mean, std, cost)
+            prefixes = [np.zeros(0)] * X.shape[0]
+            self._pred_cache[key] = self._horizon_predictions(ctx, X, prefixes)
         m, sd, c = self._pred_cache[key]
         return m, sd, c
+
+    def _targets(self, ctx: _Context, prefixes: Sequence[np.ndarray]) -> np.ndarray:
+        if self.horizon == "final":
+            return np.full(len(prefixes), ctx.fidelity_max)
+        return np.array([min(len(p) + 1, ctx.fidelity_max) for p in prefixes])
+
+    def _horizon_predictions(
+        self, ctx: _Context, X: np.ndarray, prefixes: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sign-adjusted mean, std at each action's target fidelity, and the cost to get there."""
+        s, fmax = ctx.surrogate, ctx.fidelity_max
+        target = self._targets(ctx, prefixes)
+        mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=ctx.metafeatures, sign=ctx.sign)
+        start = np.array([len(p) + 1 for p in prefixes])
+        cost = np.zeros(X.shape[0])
+        for b in range(int(start.min()), int(target.max()) + 1):
+            rows = (start <= b) & (b <= target)
+            if rows.any():
+                cost[rows] += s.predict_cost(X[rows], b, fidelity_max=fmax, metafeatures=ctx.metafeatures)
+        return ctx.sign * mean, std, cost
 
     def _final_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = self._cache_key(study, ctx, "final")
@@ -357,14 +383,12 @@ class QuickTuneSampler(BaseSampler):
         return m, sd
 
     def _continuation_actions(self, ctx: _Context, views: list[Any], kind: str) -> list[Action]:
-        s = ctx.surrogate
         X = self.space.encode_many([v.params for v in views])
         prefixes = [v.prefix for v in views]
-        target = np.array([len(p) + 1 for p in prefixes])
-        mean, std = s.predict(X, prefixes, target, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures, sign=ctx.sign)
-        cost = s.predict_cost(X, target, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures)
+        mean, std, cost = self._horizon_predictions(ctx, X, prefixes)
+        target = self._targets(ctx, prefixes)
         inc = np.array([ctx.state.incumbent(int(b)) for b in target])
-        scores = cost_aware_score(ctx.sign * mean, std, inc, cost, self.cost_exponent)
+        scores = cost_aware_score(mean, std, inc, cost, self.cost_exponent)
         out = []
         for v, sc, b in zip(views, scores, target):
             out.append(

@@ -43,10 +43,15 @@ class SimulatedTask:
         h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
         return (h / 0xFFFFFFFF - 0.5) * 0.02
 
+    def lr_gap(self, config: Mapping[str, Any]) -> float:
+        """Distance (decades) of the effective learning rate (lr x sqrt(batch / 8)) from the optimum."""
+        batch = float(config.get("per_device_train_batch_size", 8)) * float(config.get("gradient_accumulation_steps", 1))
+        return math.log10(float(config["learning_rate"])) + 0.5 * math.log10(batch / 8.0) - self.log_lr_opt
+
     def final_score(self, config: Mapping[str, Any]) -> float:
-        lr_gap = math.log10(float(config["learning_rate"])) - self.log_lr_opt
+        lr_gap = self.lr_gap(config)
         rank_gap = math.log2(float(config["lora_r"])) - self.log_rank_opt
-        score = self.ceiling - 0.12 * lr_gap**2 - 0.006 * rank_gap**2
+        score = self.ceiling - 0.3 * lr_gap**2 - 0.01 * rank_gap**2
         score += {"attention": 0.0, "attention_mlp": 0.015, "all_linear": 0.01}.get(config.get("target_modules"), 0.0)
         score -= 0.1 * float(config.get("lora_dropout", 0.0)) ** 2
         return float(score + self._noise(config))
@@ -54,7 +59,7 @@ class SimulatedTask:
     def curve(self, config: Mapping[str, Any], steps: int | None = None) -> np.ndarray:
         steps = steps or self.fidelity_max
         final = self.final_score(config)
-        lr_gap = math.log10(float(config["learning_rate"])) - self.log_lr_opt
+        lr_gap = self.lr_gap(config)
         rate = 0.25 * math.exp(0.9 * math.log10(float(config["learning_rate"])) + 3.6) / (1 + lr_gap**2)
         f = np.arange(1, steps + 1, dtype=np.float64)
         start = 0.1
