@@ -1,0 +1,330 @@
+"""Leave-one-task-out replay benchmark: meta-train per fold (cached), run every method and seed.
+
+For each test task ``t`` of a scenario:
+
+1. the meta-training table is every *other* task's table (``n_meta_configs`` seeded random
+   configurations with full curves and costs); the QuickTune surrogate is meta-trained on it once
+   (cached under ``<out>/cache/surrogates``) and the static portfolio is built greedily from it;
+2. the task's reference set (``n_reference`` random configurations at the largest fidelity, or the
+   task's whole table) fixes the best and worst score for normalised regret, the oracle and the
+   budget: ``budget_factor`` x the median cost of one full run;
+3. every method runs once per seed on a fresh :class:`~.replay.Session`.
+
+Work is spread over ``jobs`` processes (one torch/onnxruntime thread each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optuna_quicktune.benchmark.methods import DEFAULT_METHODS, METHODS, MethodContext, greedy_portfolio, run_method
+from optuna_quicktune.benchmark.replay import Session
+from optuna_quicktune.benchmark.report import Reference, summarise_run
+from optuna_quicktune.benchmark.scenarios import Scenario, TableScenario, YahpoScenario
+from optuna_quicktune.metadataset import MetaDataset
+
+__all__ = ["BenchConfig", "run_benchmark", "prepare_references", "meta_table"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    tasks: list[str] | None = None  # test tasks (default: all); meta-training always uses the others
+    budget_factor: float = 20.0  # budget = factor x median cost of one full run of the task
+    n_meta_configs: int = 96  # configurations per meta-training task (full curves)
+    table_seed: int = 0
+    meta_steps: int = 1500
+    meta_time_limit: float | None = 20.0  # seconds per fold
+    meta_seed: int = 0
+    n_reference: int = 20000  # random configurations of the normalisation set (YAHPO)
+    reference_seed: int = 12345
+    portfolio_size: int = 64
+    top_k_first: int = 32
+    max_trials: int = 5000
+    jobs: int = 2
+    quicktune_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    audit: bool = False  # keep a ledger of every charge in each run's record (for tests)
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}; choose from {sorted(METHODS)}.")
+        if not self.seeds:
+            raise ValueError("Give at least one seed.")
+        if self.budget_factor <= 0:
+            raise ValueError("budget_factor must be > 0.")
+        if self.jobs < 1:
+            raise ValueError("jobs must be >= 1.")
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------- preparation
+def meta_table(scenario: Scenario, cfg: BenchConfig, cache: Path | None) -> MetaDataset:
+    """Every task's meta-training table (cached as CSV)."""
+    path = None
+    if cache is not None:
+        path = cache / f"table-{_hash(scenario.fingerprint(), cfg.n_meta_configs, cfg.table_seed)}.csv"
+        if path.exists():
+            return MetaDataset.from_csv(path, scenario.space)
+    md = scenario.table(cfg.n_meta_configs, cfg.table_seed)
+    if path is not None:
+        md.to_csv(path)
+        md = MetaDataset.from_csv(path, scenario.space)  # identical floats whether cached or not
+    return md
+
+
+def prepare_references(scenario: Scenario, cfg: BenchConfig, tasks: Sequence[str], cache: Path | None) -> dict[str, Reference]:
+    """Normalisation set, oracle and budget of each task (cached as JSON)."""
+    path = None
+    key = _hash(scenario.fingerprint(), cfg.n_reference, cfg.reference_seed, cfg.budget_factor, list(tasks))
+    if cache is not None:
+        path = cache / f"reference-{key}.json"
+        if path.exists():
+            return {t: Reference.from_json(r) for t, r in json.loads(path.read_text()).items()}
+    refs: dict[str, Reference] = {}
+    sign = scenario.sign
+    for i, task in enumerate(tasks):
+        if isinstance(scenario, TableScenario):
+            configs, curves = scenario.reference(task)
+            final = curves.values[:, -1]
+            full_cost = curves.scratch_costs[:, -1]
+            top = np.arange(len(configs))
+            top_curves = curves.values
+            n = len(configs)
+        else:
+            assert isinstance(scenario, YahpoScenario)
+            configs = scenario.space.sample(cfg.n_reference, cfg.reference_seed + i)
+            final, raw_cost = scenario.final_values(task, configs)
+            full_cost = raw_cost
+            order = np.argsort(-sign * final, kind="stable")
+            top = order[: min(64, len(order))]
+            top_curves = scenario.curves(task, [configs[j] for j in top]).values
+            n = len(configs)
+        best_per = np.max(sign * top_curves, axis=1)
+        k = int(np.argmax(best_per))
+        best = float(best_per[k])
+        best_step = int(np.argmax(sign * top_curves[k])) + 1
+        worst = float(np.min(sign * final))
+        refs[task] = Reference(
+            task=task, sign=sign, best=best * sign, worst=worst * sign, n=n,
+            oracle_config=dict(configs[int(top[k])]), oracle_step=best_step,
+            median_full_cost=float(np.median(full_cost)), budget=float(cfg.budget_factor * np.median(full_cost)),
+        )
+    if path is not None:
+        path.write_text(json.dumps({t: r.to_json() for t, r in refs.items()}, indent=1))
+    return refs
+
+
+def portfolio_scores(scenario: Scenario, md: MetaDataset) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Candidates (the table's configurations) and their best sign-adjusted score on each task."""
+    ids_per_task = [[md.space.config_id(r.config) for r in md.runs_of(t)] for t in range(len(md.tasks))]
+    same = all(ids == ids_per_task[0] for ids in ids_per_task)
+    if same:
+        candidates = [dict(r.config) for r in md.runs_of(0)]
+        S = np.stack([[np.max(scenario.sign * r.curve) for r in md.runs_of(t)] for t in range(len(md.tasks))])
+        return candidates, S
+    seen: dict[str, dict[str, Any]] = {}
+    for r in md.runs:
+        seen.setdefault(md.space.config_id(r.config), dict(r.config))
+    candidates = list(seen.values())
+    S = np.stack([np.max(scenario.sign * scenario.curves(t.name, candidates).values, axis=1) for t in md.tasks])
+    return candidates, S
+
+
+def _surrogate_dir(cache: Path, scenario: Scenario, cfg: BenchConfig, task: str, md_key: str) -> Path:
+    key = _hash(md_key, task, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed)
+    return cache / "surrogates" / f"{task}-{key}"
+
+
+def _train_fold(args: tuple[MetaDataset, str, int, int, float | None, str]) -> tuple[str, float]:
+    md, task, steps, seed, time_limit, directory = args
+    from optuna_quicktune.surrogate import meta_train
+
+    t0 = time.perf_counter()
+    others = [i for i, t in enumerate(md.tasks) if t.name != task]
+    sur = meta_train(md.select_tasks(others), steps=steps, seed=seed, time_limit=time_limit)
+    tmp = directory + ".tmp"
+    sur.save(tmp)
+    os.replace(tmp, directory)
+    return task, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------- workers
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(scenario: Scenario, refs: dict[str, Reference], portfolios: dict[str, list[dict[str, Any]]],
+                 surrogates: dict[str, str], cfg: BenchConfig) -> None:
+    _quiet()
+    _STATE.update(scenario=scenario, refs=refs, portfolios=portfolios, surrogates=surrogates, cfg=cfg)
+
+
+def _quiet() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna_quicktune").setLevel(logging.WARNING)
+    try:  # import once so that import time is not counted as a method's overhead
+        import dehb  # noqa: F401
+        from loguru import logger
+
+        logger.remove()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@lru_cache(maxsize=4)
+def _load_surrogate(path: str) -> Any:
+    from optuna_quicktune.surrogate import load
+
+    return load(path)
+
+
+def _run_unit(unit: tuple[str, int, str]) -> dict[str, Any]:
+    task, seed, method = unit
+    scenario: Scenario = _STATE["scenario"]
+    ref: Reference = _STATE["refs"][task]
+    cfg: BenchConfig = _STATE["cfg"]
+    loader: Callable[[], Any] | None = None
+    if method.startswith("quicktune"):
+        sur = _load_surrogate(_STATE["surrogates"][task])
+        loader = lambda: sur  # noqa: E731
+    ctx = MethodContext(
+        seed=int(seed) * 1000 + scenario.tasks.index(task),
+        surrogate_loader=loader,
+        portfolio=_STATE["portfolios"].get(task, []),
+        default_config=scenario.default_config,
+        oracle=(ref.oracle_config, ref.oracle_step),
+        top_k_first=cfg.top_k_first,
+        quicktune_kwargs=dict(cfg.quicktune_kwargs),
+    )
+    session = Session(scenario, task, ref.budget, max_trials=cfg.max_trials, audit=cfg.audit)
+    error = None
+    try:
+        run_method(method, session, ctx)
+    except Exception as e:  # noqa: BLE001 - one failing method must not lose the others' results
+        _logger.exception("%s on task %s (seed %s) failed", method, task, seed)
+        error = f"{type(e).__name__}: {e}"
+    traj = session.finish()
+    record = summarise_run(traj, ref)
+    record.update(task=task, seed=int(seed), method=method, error=error)
+    return record
+
+
+# ---------------------------------------------------------------------- entry point
+def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict[str, Any]:
+    """Run the benchmark and write ``results.json``, ``results.md`` and PNG plots into ``out``."""
+    from optuna_quicktune.benchmark.report import write_report
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    out = Path(out)
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    tasks = list(cfg.tasks or scenario.tasks)
+    unknown = [t for t in tasks if t not in scenario.tasks]
+    if unknown:
+        raise ValueError(f"Tasks {unknown} are not in scenario {scenario.name!r} ({scenario.tasks}).")
+    if len(scenario.tasks) < 2 and any(m in ("quicktune", "quicktune-refit", "portfolio") for m in cfg.methods):
+        raise ValueError("Leave-one-task-out needs at least two tasks in the scenario.")
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    md = meta_table(scenario, cfg, cache)
+    refs = prepare_references(scenario, cfg, tasks, cache)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    portfolios: dict[str, list[dict[str, Any]]] = {}
+    if "portfolio" in cfg.methods:
+        candidates, S = portfolio_scores(scenario, md)
+        names = [t.name for t in md.tasks]
+        for task in tasks:
+            rows = [i for i, n in enumerate(names) if n != task]
+            portfolios[task] = [candidates[j] for j in greedy_portfolio(S[rows], cfg.portfolio_size)]
+
+    surrogates: dict[str, str] = {}
+    fold_seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if any(m.startswith("quicktune") for m in cfg.methods):
+        md_key = _hash(scenario.fingerprint(), cfg.n_meta_configs, cfg.table_seed)
+        todo = []
+        for task in tasks:
+            d = _surrogate_dir(cache, scenario, cfg, task, md_key)
+            surrogates[task] = str(d)
+            if not d.exists():
+                todo.append((md, task, cfg.meta_steps, cfg.meta_seed, cfg.meta_time_limit, str(d)))
+        if todo:
+            for task, secs in _map(_train_fold, todo, cfg.jobs, "meta-train folds", cfg.progress, init=_quiet):
+                fold_seconds[task] = secs
+    timings["meta_train_s"] = time.perf_counter() - t0
+
+    units = [(t, s, m) for t in tasks for s in cfg.seeds for m in cfg.methods]
+    # Slow methods first so that the pool ends together.
+    units.sort(key=lambda u: (not u[2].startswith("quicktune"), u[2] != "dehb"))
+    t0 = time.perf_counter()
+    records = list(
+        _map(_run_unit, units, cfg.jobs, "runs", cfg.progress, init=_init_worker,
+             initargs=(scenario, refs, portfolios, surrogates, cfg))
+    )
+    timings["runs_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    meta = {
+        "scenario": scenario.describe(),
+        "config": asdict(cfg),
+        "references": {t: r.to_json() for t, r in refs.items()},
+        "portfolio_size": {t: len(p) for t, p in portfolios.items()},
+        "fold_train_seconds": fold_seconds,
+        "timings": timings,
+    }
+    return write_report(records, meta, out)
+
+
+def _map(fn: Callable[[Any], Any], items: list[Any], jobs: int, desc: str, progress: bool,
+         init: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> list[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, smoothing=0.05)
+    out: list[Any] = []
+    try:
+        if jobs == 1 or len(items) == 1:
+            if init is not None:
+                init(*initargs)
+            for it in items:
+                out.append(fn(it))
+                bar.update(1)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(jobs, len(items)), initializer=init, initargs=initargs, maxtasksperchild=None) as pool:
+                for r in pool.imap_unordered(fn, items, chunksize=1):
+                    out.append(r)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return out
