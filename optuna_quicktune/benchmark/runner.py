@@ -47,10 +47,10 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     tasks: list[str] | None = None  # test tasks (default: all); meta-training always uses the others
     budget_factor: float = 20.0  # budget = factor x median cost of one full run of the task
-    n_meta_configs: int = 96  # configurations per meta-training task (full curves)
+    n_meta_configs: int = 128  # configurations per meta-training task (full curves)
     table_seed: int = 0
     meta_steps: int = 1500
-    meta_time_limit: float | None = 20.0  # seconds per fold
+    meta_time_limit: float | None = 30.0  # seconds per fold
     meta_seed: int = 0
     n_reference: int = 20000  # random configurations of the normalisation set (YAHPO)
     reference_seed: int = 12345
