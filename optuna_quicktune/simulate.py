@@ -84,7 +84,7 @@ class SimulatedFamily:
         self.space: SearchSpace = lora_space()
         self.tasks: list[SimulatedTask] = []
         for i in range(n_tasks):
-            lr = rng.uniform(-4.6, -3.2)
+            lr = rng.uniform(-5.0, -3.0)
             rank = rng.uniform(2.5, 6.0)
             size = float(np.exp(rng.uniform(-1.0, 1.5)))
             mf = {
