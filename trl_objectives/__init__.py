@@ -1,1 +1,77 @@
-"""trl_objectives."""
+"""trl_objectives: Optuna objectives that finetune LLMs with TRL SFT + LoRA and report into the study.
+
+The objectives write what ``optuna_quicktune`` reads (the storage contract in
+``optuna_quicktune.contract``): learning curves as intermediate values, cumulative cost per step,
+the task's description and meta-features, and checkpoints of paused runs.
+"""
+
+from trl_objectives.data import (
+    QADataset,
+    format_prompt_completion,
+    load_qa_dataset,
+    prompt_input_ids,
+    toy_qa_records,
+)
+from trl_objectives.errors import (
+    DatasetFormatError,
+    EmptySplitError,
+    ModelNotFoundError,
+    NonFiniteLossError,
+    StudyMismatchError,
+    TrialFailure,
+    TrialOutOfMemoryError,
+    TRLObjectiveInputError,
+)
+from trl_objectives.evaluate import (
+    METRICS,
+    evaluate_generation,
+    exact_match,
+    generate_answers,
+    normalize_answer,
+    score_answers,
+    token_f1,
+)
+from trl_objectives.metafeatures import METAFEATURE_NAMES, compute_metafeatures
+from trl_objectives.models import ModelSource, build_tiny_phi3, load_model, load_tokenizer, resolve_model
+from trl_objectives.objective import (
+    FAIL_REASON,
+    TEST_METRIC_PREFIX,
+    TEST_SCORE,
+    VAL_METRICS,
+    SFTObjective,
+)
+
+__all__ = [
+    "SFTObjective",
+    "QADataset",
+    "load_qa_dataset",
+    "format_prompt_completion",
+    "prompt_input_ids",
+    "toy_qa_records",
+    "evaluate_generation",
+    "generate_answers",
+    "score_answers",
+    "exact_match",
+    "token_f1",
+    "normalize_answer",
+    "METRICS",
+    "compute_metafeatures",
+    "METAFEATURE_NAMES",
+    "ModelSource",
+    "resolve_model",
+    "load_model",
+    "load_tokenizer",
+    "build_tiny_phi3",
+    "TEST_SCORE",
+    "TEST_METRIC_PREFIX",
+    "VAL_METRICS",
+    "FAIL_REASON",
+    "TRLObjectiveInputError",
+    "DatasetFormatError",
+    "EmptySplitError",
+    "ModelNotFoundError",
+    "StudyMismatchError",
+    "TrialFailure",
+    "NonFiniteLossError",
+    "TrialOutOfMemoryError",
+]

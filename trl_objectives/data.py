@@ -1,0 +1,420 @@
+"""Question-answering datasets for LoRA SFT: loading, splitting and prompt/completion formatting.
+
+A QA dataset is a table with (at least) a question and an answer column.  It becomes a
+:class:`QADataset` of three ``datasets.Dataset`` splits with the columns ``question``, ``answer``
+and, when present, ``fact_id``.
+
+Splits (deterministic for a given ``seed``):
+
+* a ``split`` column with values ``train`` / ``validation`` (or ``val``/``dev``) / ``test`` is used
+  as it is;
+* with a fact column (``fact_id`` by default, when present) the *paraphrase design* of
+  Strangmann et al. (2024) is applied: every fact is asked several ways, and for each fact one
+  question goes to validation, one to test and the rest (10 of 12) to training.  The model must
+  therefore answer paraphrases it never saw about facts it learned, which is what the tuning
+  should select for;
+* otherwise examples are shuffled and split by fractions (``split=(0.8, 0.1, 0.1)``).
+
+Formatting: with a tokenizer that has a chat template the examples become *conversational*
+prompt/completion pairs (``[{"role": "user", ...}]`` / ``[{"role": "assistant", ...}]``) that TRL
+renders with that template (and the loss covers the completion only); without one they become
+plain text ``"Question: ...\\nAnswer:"`` / ``" ..."``.  :func:`prompt_input_ids` tokenizes a prompt
+exactly the way TRL does during training, so generation at evaluation time sees the same context.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trl_objectives.errors import DatasetFormatError, EmptySplitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "QADataset",
+    "load_qa_dataset",
+    "format_prompt_completion",
+    "prompt_input_ids",
+    "has_chat_template",
+    "SPLITS",
+    "toy_qa_records",
+]
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+                  "valid": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+@dataclass
+class QADataset:
+    """Train/validation/test splits of a QA dataset (columns ``question``, ``answer`` [, ``fact_id``]).
+
+    Attributes:
+        train, validation, test: The splits.
+        name: Written into the study's ``quicktune.task`` as the dataset name.
+        system_prompt: Optional system message put before every question when formatting.
+    """
+
+    train: "datasets.Dataset"
+    validation: "datasets.Dataset"
+    test: "datasets.Dataset"
+    name: str = "qa"
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:
+            ds = getattr(self, split)
+            if len(ds) == 0:
+                raise EmptySplitError(
+                    f"The {split!r} split of QA dataset {self.name!r} is empty. Give more examples, or "
+                    "change split fractions / the 'split' column so that every split gets at least one."
+                )
+            missing = {"question", "answer"} - set(ds.column_names)
+            if missing:
+                raise DatasetFormatError(
+                    f"The {split!r} split of {self.name!r} lacks the columns {sorted(missing)} "
+                    f"(it has {ds.column_names})."
+                )
+
+    def split(self, name: str) -> "datasets.Dataset":
+        """A split by name (``train``, ``validation``/``val``, ``test``)."""
+        key = _SPLIT_ALIASES.get(name)
+        if key is None:
+            raise KeyError(f"Unknown split {name!r}; use one of {SPLITS}.")
+        return getattr(self, key)
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(getattr(self, s)) for s in SPLITS}
+
+    def __repr__(self) -> str:
+        return f"QADataset(name={self.name!r}, sizes={self.sizes()})"
+
+
+# ---------------------------------------------------------------------- loading
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            records = []
+            with path.open(encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            records.append(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise DatasetFormatError(f"{path}, line {lineno}: not valid JSON ({e}).") from e
+            return records
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, Mapping):
+                for key in ("data", "examples", "records", "rows"):
+                    if isinstance(data.get(key), list):
+                        data = data[key]
+                        break
+                else:
+                    # column-oriented {"question": [...], "answer": [...]}
+                    if data and all(isinstance(v, list) for v in data.values()):
+                        n = len(next(iter(data.values())))
+                        data = [{k: v[i] for k, v in data.items()} for i in range(n)]
+            if not isinstance(data, list):
+                raise DatasetFormatError(
+                    f"{path} holds a JSON {type(data).__name__}; expected a list of objects "
+                    "([{'question': ..., 'answer': ...}, ...]) or {'data': [...]}."
+                )
+            return data
+        if suffix in (".csv", ".tsv"):
+            with path.open(encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetFormatError(f"Cannot read {path}: {e}") from e
+    raise DatasetFormatError(
+        f"Unknown dataset file type {suffix!r} of {path}; use .json, .jsonl, .csv or .tsv, or pass a "
+        "datasets.Dataset / list of dicts."
+    )
+
+
+def _records_of(source: Any) -> tuple[list[dict[str, Any]], str]:
+    import datasets
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DatasetFormatError(f"Dataset file {str(path)!r} does not exist.")
+        return _read_records(path), path.stem
+    if isinstance(source, datasets.DatasetDict):
+        raise DatasetFormatError(
+            "Got a DatasetDict; pass one Dataset (add a 'split' column to keep existing splits), e.g. "
+            "datasets.concatenate_datasets([d.add_column('split', [k] * len(d)) for k, d in dd.items()])."
+        )
+    if isinstance(source, datasets.Dataset):
+        return source.to_list(), "dataset"
+    if isinstance(source, Sequence) and all(isinstance(r, Mapping) for r in source):
+        return [dict(r) for r in source], "records"
+    raise DatasetFormatError(
+        f"Cannot load a QA dataset from {type(source).__name__}; pass a path (.json/.jsonl/.csv), a "
+        "datasets.Dataset or a list of dicts."
+    )
+
+
+def load_qa_dataset(
+    source: "str | os.PathLike[str] | datasets.Dataset | Sequence[Mapping[str, Any]]",
+    *,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    fact_field: str | None = "fact_id",
+    split_field: str | None = "split",
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    n_validation_per_fact: int = 1,
+    n_test_per_fact: int = 1,
+    seed: int = 0,
+    name: str | None = None,
+    system_prompt: str | None = None,
+    max_examples: int | None = None,
+) -> QADataset:
+    """Load a QA dataset and split it deterministically (see the module docstring for the rules).
+
+    Args:
+        source: A ``.json`` / ``.jsonl`` / ``.csv`` / ``.tsv`` file, a ``datasets.Dataset``, or a
+            list of dicts.
+        question_field, answer_field: Column names of the question and the answer.
+        fact_field: Column that groups paraphrases of one fact (used when the column exists; pass
+            ``None`` to ignore it).  Each fact then gives ``n_validation_per_fact`` questions to
+            validation, ``n_test_per_fact`` to test and the rest to training (12 -> 10/1/1).
+        split_field: Column with predefined split names (used when it exists; ``None`` to ignore).
+        split: Train/validation/test fractions for a plain random split.
+        seed: Seed of the shuffles (the same seed always gives the same splits).
+        name: Dataset name for the study's ``quicktune.task`` (default: the file stem).
+        system_prompt: Optional system message used when formatting prompts.
+        max_examples: Keep at most this many examples (a seeded subsample, before splitting).
+
+    Raises:
+        DatasetFormatError: unreadable file, missing or empty question/answer fields.
+        EmptySplitError: a split would be empty.
+    """
+    import datasets
+
+    records, default_name = _records_of(source)
+    if not records:
+        raise EmptySplitError(f"The QA dataset {name or default_name!r} has no example.")
+    columns = set().union(*(r.keys() for r in records[:1000]))
+    missing = [f for f in (question_field, answer_field) if f not in columns]
+    if missing:
+        raise DatasetFormatError(
+            f"The QA dataset lacks the fields {missing}; it has {sorted(columns)}. Pass "
+            "question_field= and answer_field= with the names your data uses."
+        )
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    use_fact = fact_field is not None and fact_field in columns
+    use_split = split_field is not None and split_field in columns
+    for i, r in enumerate(records):
+        q, a = r.get(question_field), r.get(answer_field)
+        if q is None or a is None or not str(q).strip() or not str(a).strip():
+            bad.append(i)
+            continue
+        row: dict[str, Any] = {"question": str(q).strip(), "answer": str(a).strip()}
+        if use_fact:
+            row["fact_id"] = str(r.get(fact_field))
+        if use_split:
+            row["_split"] = str(r.get(split_field, "")).strip().lower()
+        rows.append(row)
+    if bad:
+        raise DatasetFormatError(
+            f"{len(bad)} example(s) have an empty or missing {question_field!r}/{answer_field!r} "
+            f"(row indices {bad[:10]}{'...' if len(bad) > 10 else ''}); remove or fill them."
+        )
+    rng = random.Random(seed)
+    if max_examples is not None and len(rows) > max_examples:
+        rows = rng.sample(rows, max_examples)
+
+    if use_split:
+        parts = _split_by_column(rows, split_field or "split")
+    elif use_fact:
+        parts = _split_by_fact(rows, n_validation_per_fact, n_test_per_fact, rng)
+    else:
+        parts = _split_random(rows, split, rng)
+    dsname = name or default_name
+    splits = {}
+    for key in SPLITS:
+        keep = ["question", "answer"] + (["fact_id"] if use_fact else [])
+        splits[key] = datasets.Dataset.from_list(
+            [{k: r[k] for k in keep} for r in parts[key]],
+            features=datasets.Features({k: datasets.Value("string") for k in keep}),
+        )
+    return QADataset(**splits, name=dsname, system_prompt=system_prompt)
+
+
+def _split_by_column(rows: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, Any]]]:
+    parts: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    unknown = sorted({r["_split"] for r in rows if r["_split"] not in _SPLIT_ALIASES})
+    if unknown:
+        raise DatasetFormatError(
+            f"Column {field!r} has values {unknown}; use train / validation / test (or pass "
+            "split_field=None to split randomly)."
+        )
+    for r in rows:
+        parts[_SPLIT_ALIASES[r["_split"]]].append(r)
+    return parts
+
+
+def _split_by_fact(
+    rows: list[dict[str, Any]], n_val: int, n_test: int, rng: random.Random
+) -> dict[str, list[dict[str, Any]]]:
+    by_fact: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_fact[r["fact_id"]].append(r)
+    too_small = sorted(f for f, qs in by_fact.items() if len(qs) < n_val + n_test + 1)
+    if too_small:
+        raise DatasetFormatError(
+            f"Facts {too_small[:10]} have fewer than {n_val + n_test + 1} questions, so they cannot "
+            f"give {n_val} validation, {n_test} test and at least one training question. Add "
+            "paraphrases, drop those facts, or pass fact_field=None for a random split."
+        )
+    parts: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for fact in sorted(by_fact):
+        qs = list(by_fact[fact])
+        rng.shuffle(qs)
+        parts["validation"].extend(qs[:n_val])
+        parts["test"].extend(qs[n_val : n_val + n_test])
+        parts["train"].extend(qs[n_val + n_test :])
+    rng.shuffle(parts["train"])
+    return parts
+
+
+def _split_random(
+    rows: list[dict[str, Any]], fractions: tuple[float, float, float], rng: random.Random
+) -> dict[str, list[dict[str, Any]]]:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise DatasetFormatError(f"split must be three non-negative fractions (train, val, test), got {fractions}.")
+    total = float(sum(fractions))
+    rows = list(rows)
+    rng.shuffle(rows)
+    n = len(rows)
+    n_val = int(round(n * fractions[1] / total))
+    n_test = int(round(n * fractions[2] / total))
+    if fractions[1] > 0:
+        n_val = max(n_val, 1)
+    if fractions[2] > 0:
+        n_test = max(n_test, 1)
+    if n - n_val - n_test < 1:
+        raise EmptySplitError(
+            f"{n} examples are too few for the split {fractions}: training would get none. Give more "
+            "examples or change split=."
+        )
+    return {
+        "validation": rows[:n_val],
+        "test": rows[n_val : n_val + n_test],
+        "train": rows[n_val + n_test :],
+    }
+
+
+# ---------------------------------------------------------------------- formatting
+def has_chat_template(tokenizer: "PreTrainedTokenizerBase") -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    msgs.append({"role": "user", "content": question})
+    return msgs
+
+
+def format_prompt_completion(
+    dataset: "datasets.Dataset",
+    tokenizer: "PreTrainedTokenizerBase",
+    *,
+    system_prompt: str | None = None,
+) -> "datasets.Dataset":
+    """Turn ``question``/``answer`` rows into TRL prompt/completion rows (``answer`` is kept).
+
+    With a chat template the rows are conversational, so TRL applies the template, ends the answer
+    with the template's end-of-turn token, and masks the prompt out of the loss.  Without one they
+    are plain strings; TRL then appends the EOS token to the completion.
+    """
+    chat = has_chat_template(tokenizer)
+
+    def fmt(example: dict[str, Any]) -> dict[str, Any]:
+        if chat:
+            return {
+                "prompt": _messages(example["question"], system_prompt),
+                "completion": [{"role": "assistant", "content": example["answer"]}],
+            }
+        prefix = f"{system_prompt}\n\n" if system_prompt else ""
+        return {"prompt": f"{prefix}Question: {example['question']}\nAnswer:", "completion": " " + example["answer"]}
+
+    keep = [c for c in dataset.column_names if c not in ("answer",)]
+    return dataset.map(fmt, remove_columns=[c for c in keep if c in ("prompt", "completion")])
+
+
+def prompt_input_ids(
+    tokenizer: "PreTrainedTokenizerBase", prompt: str | list[dict[str, str]]
+) -> list[int]:
+    """Token ids of a prompt exactly as TRL's SFT preprocessing makes them (generation context)."""
+    if isinstance(prompt, list):
+        out = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+        return list(out["input_ids"])
+    return list(tokenizer(text=prompt)["input_ids"])
+
+
+# ---------------------------------------------------------------------- a toy paraphrase dataset
+_TOY_NAMES = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kofi",
+              "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara"]
+_TOY_CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tromso", "Perth", "Lyon", "Dakar", "Hanoi", "Tartu"]
+_TOY_COLORS = ["red", "teal", "amber", "violet", "olive", "navy", "coral", "ivory"]
+_TOY_TEMPLATES: dict[str, list[str]] = {
+    "number": [
+        "What is {name}'s lucky number?", "Which number is lucky for {name}?",
+        "Tell me the lucky number of {name}.", "{name} has which lucky number?",
+        "What number does {name} consider lucky?", "Name the lucky number of {name}.",
+        "What's the lucky number that belongs to {name}?", "Which lucky number does {name} have?",
+        "For {name}, what is the lucky number?", "What lucky number is {name}'s?",
+        "Give {name}'s lucky number.", "Do you know the lucky number of {name}?",
+    ],
+    "city": [
+        "Where does {name} live?", "In which city does {name} live?", "What city is {name}'s home?",
+        "Which city is home to {name}?", "Name the city where {name} lives.",
+        "{name} lives in which city?", "Tell me where {name} lives.", "What is the home city of {name}?",
+        "Where is {name}'s home?", "In what city can {name} be found at home?",
+        "Which town does {name} live in?", "Where has {name} made a home?",
+    ],
+    "color": [
+        "What is {name}'s favourite colour?", "Which colour does {name} like best?",
+        "Tell me {name}'s favourite colour.", "{name} likes which colour most?",
+        "Name the favourite colour of {name}.", "What colour does {name} prefer?",
+        "Which colour is {name}'s favourite?", "What's the colour {name} loves most?",
+        "For {name}, what is the favourite colour?", "Which colour would {name} pick first?",
+        "Give {name}'s favourite colour.", "Do you know which colour {name} favours?",
+    ],
+}
+
+
+def toy_qa_records(n_facts: int = 12, *, paraphrases: int = 12, seed: int = 0) -> list[dict[str, str]]:
+    """A small synthetic paraphrase QA set (``question``, ``answer``, ``fact_id``) for tests and demos.
+
+    Each fact (a person's lucky number, home city or favourite colour) is asked ``paraphrases`` ways
+    (at most 12), mirroring the 12-question design of Strangmann et al. (2024); the answer types
+    mix numbers and short words.  Deterministic for a given ``seed``.
+    """
+    if not 3 <= paraphrases <= 12:
+        raise ValueError(f"paraphrases must be in 3..12, got {paraphrases}.")
+    rng = random.Random(seed)
+    kinds = list(_TOY_TEMPLATES)
+    records: list[dict[str, str]] = []
+    for i in range(n_facts):
+        name = _TOY_NAMES[i % len(_TOY_NAMES)] + ("" if i < len(_TOY_NAMES) else f" {i // len(_TOY_NAMES) + 1}")
+        kind = kinds[i % len(kinds)]
+        answer = {"number": lambda: str(rng.randint(2, 99)), "city": lambda: rng.choice(_TOY_CITIES),
+                  "color": lambda: rng.choice(_TOY_COLORS)}[kind]()
+        for template in _TOY_TEMPLATES[kind][:paraphrases]:
+            records.append({"question": template.format(name=name), "answer": answer, "fact_id": f"fact-{i}"})
+    return records

