@@ -244,6 +244,12 @@ def load_qa_dataset(
     else:
         parts = _split_random(rows, split, rng)
     dsname = name or default_name
+    for key in SPLITS:
+        if not parts[key]:
+            raise EmptySplitError(
+                f"The {key!r} split of QA dataset {dsname!r} is empty. Give more examples, or change "
+                "split fractions / the 'split' column so that every split gets at least one."
+            )
     splits = {}
     for key in SPLITS:
         keep = ["question", "answer"] + (["fact_id"] if use_fact else [])

@@ -175,6 +175,6 @@ def evaluate_generation(
             "trl_objectives.format_prompt_completion first."
         )
     predictions = generate_answers(
-        model, tokenizer, dataset["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size
+        model, tokenizer, list(dataset["prompt"]), max_new_tokens=max_new_tokens, batch_size=batch_size
     )
-    return score_answers(predictions, dataset["answer"])
+    return score_answers(predictions, list(dataset["answer"]))

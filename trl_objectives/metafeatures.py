@@ -103,7 +103,7 @@ def compute_metafeatures(
     for split in (dataset.train, dataset.validation, dataset.test):
         n_rows += len(split)
         if "fact_id" in split.column_names:
-            all_facts.update(split["fact_id"])
+            all_facts.update(list(split["fact_id"]))
     n_facts = len(all_facts) if all_facts else n_rows  # without facts every question is its own fact
     scale = n_train / len(idx) if idx else 1.0
 
