@@ -142,9 +142,13 @@ def test_smoke_simulated_table(tmp_path, sim_scenario):
     result = run_benchmark(sim_scenario, cfg, tmp_path)
     _check_results(result, sim_scenario, tmp_path)
     assert set(result["meta"]["references"]) == set(sim_scenario.tasks)
-    # Cached folds: a second run retrains nothing.
-    again = run_benchmark(sim_scenario, BenchConfig(**{**cfg.__dict__, "methods": ["quicktune", "oracle"]}), tmp_path)
+    # Cached folds: a second run retrains nothing; with resume, recorded runs are not run again.
+    again = run_benchmark(sim_scenario, BenchConfig(**{**cfg.__dict__, "methods": ["quicktune", "oracle"], "resume": True}), tmp_path)
     assert again["meta"]["fold_train_seconds"] == {}
+    assert again["meta"]["timings"]["runs_s"] < 1.0
+    assert [r["final_regret"] for r in again["runs"]] == [
+        r["final_regret"] for r in result["runs"] if r["method"] in ("quicktune", "oracle")
+    ]
 
 
 @needs_lcbench

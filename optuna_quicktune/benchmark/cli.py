@@ -66,6 +66,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--out", default="results/bench", help="results folder (meta-training is cached in OUT/cache)")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in OUT/runs.jsonl (same settings) and run only the missing ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_bench)
     return p
@@ -135,7 +136,7 @@ def run_bench(args: argparse.Namespace) -> int:
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
         portfolio_size=args.portfolio_size, top_k_first=args.top_k_first, jobs=args.jobs,
-        quicktune_kwargs=json.loads(args.quicktune_kwargs), progress=not args.no_progress,
+        quicktune_kwargs=json.loads(args.quicktune_kwargs), progress=not args.no_progress, resume=args.resume,
     )
     result = run_benchmark(scenario, cfg, args.out)
     summary = result["summary"]["methods"]

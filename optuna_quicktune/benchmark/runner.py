@@ -22,7 +22,7 @@ import multiprocessing as mp
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +61,7 @@ class BenchConfig:
     quicktune_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     audit: bool = False  # keep a ledger of every charge in each run's record (for tests)
+    resume: bool = False  # keep the runs already in <out>/runs.jsonl (same settings), run the rest
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -286,13 +287,35 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     timings["meta_train_s"] = time.perf_counter() - t0
 
     units = [(t, s, m) for t in tasks for s in cfg.seeds for m in cfg.methods]
+    # Every finished run is appended to runs.jsonl at once; with ``resume`` the runs recorded
+    # there under the same settings are kept and only the missing ones run.
+    run_key = _hash(scenario.fingerprint(), {k: v for k, v in asdict(cfg).items()
+                                             if k not in ("methods", "seeds", "tasks", "jobs", "progress", "resume")})
+    runs_path = out / "runs.jsonl"
+    done: dict[tuple[str, int, str], dict[str, Any]] = {}
+    if cfg.resume and runs_path.exists():
+        for line in runs_path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if r.get("run_key") == run_key and not r.get("error"):
+                done[(r["task"], r["seed"], r["method"])] = r
+    elif runs_path.exists():
+        runs_path.unlink()
+    wanted = set(units)
+    records = [r for u, r in done.items() if u in wanted]
+    units = [u for u in units if u not in done]
     # Slow methods first so that the pool ends together.
     units.sort(key=lambda u: (not u[2].startswith("quicktune"), u[2] != "dehb"))
     t0 = time.perf_counter()
-    records = list(
-        _map(_run_unit, units, cfg.jobs, "runs", cfg.progress, init=_init_worker,
-             initargs=(scenario, refs, portfolios, surrogates, cfg))
-    )
+    with runs_path.open("a") as sink:
+        for r in _map(_run_unit, units, cfg.jobs, "runs", cfg.progress, init=_init_worker,
+                      initargs=(scenario, refs, portfolios, surrogates, cfg)):
+            r["run_key"] = run_key
+            sink.write(json.dumps(r, default=str) + "\n")
+            sink.flush()
+            records.append(r)
     timings["runs_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     meta = {
@@ -307,24 +330,25 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
 
 
 def _map(fn: Callable[[Any], Any], items: list[Any], jobs: int, desc: str, progress: bool,
-         init: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> list[Any]:
+         init: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> Iterator[Any]:
+    """``fn`` over ``items`` in ``jobs`` spawned processes (or in this one), results as they come."""
     from tqdm.auto import tqdm
 
+    if not items:
+        return
     bar = tqdm(total=len(items), desc=desc, disable=not progress, smoothing=0.05)
-    out: list[Any] = []
     try:
         if jobs == 1 or len(items) == 1:
             if init is not None:
                 init(*initargs)
             for it in items:
-                out.append(fn(it))
+                yield fn(it)
                 bar.update(1)
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(jobs, len(items)), initializer=init, initargs=initargs, maxtasksperchild=None) as pool:
+            with ctx.Pool(min(jobs, len(items)), initializer=init, initargs=initargs) as pool:
                 for r in pool.imap_unordered(fn, items, chunksize=1):
-                    out.append(r)
+                    yield r
                     bar.update(1)
     finally:
         bar.close()
-    return out
