@@ -90,7 +90,7 @@ def test_freeze_thaw_loop_pauses_resumes_and_stitches(family, surrogate, tmp_pat
     sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0)
     study = optuna.create_study(storage=storage, study_name="ft", direction="maximize", sampler=sampler,
                                 pruner=QuickTunePruner(sampler, margin=0.0))
-    study.optimize(SimulatedObjective(task), n_trials=60)
+    study.optimize(SimulatedObjective(task), n_trials=30)
     trials = study.get_trials()
     paused = [t for t in trials if t.user_attrs.get(contract.PAUSED)]
     resumed = [t for t in trials if t.user_attrs.get(contract.RESUME_OF) is not None]
