@@ -8,9 +8,11 @@ out-of-memory errors fail one trial while the study goes on; bad input fails bef
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -237,10 +239,17 @@ def test_nan_loss_fails_the_trial_and_the_study_goes_on(tmp_path, tiny, qa):
 
 
 class _OutOfMemoryOnce(TrainerCallback):
-    """Raises the error CUDA raises, once, at the first optimizer step of the first trial."""
+    """Raises the error CUDA raises, once, at the first optimizer step of the first trial.
+
+    It also keeps weak references to every trial's model, to check they are released.
+    """
 
     def __init__(self) -> None:
         self.fired = False
+        self.models: list[weakref.ref] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.models.append(weakref.ref(model))
 
     def on_step_end(self, args, state, control, **kwargs):
         if not self.fired:
@@ -249,8 +258,8 @@ class _OutOfMemoryOnce(TrainerCallback):
 
 
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tmp_path, tiny, qa):
-    obj = SFTObjective(tiny, qa, max_epochs=1, metric="eval_loss", callbacks=[_OutOfMemoryOnce()],
-                       evaluate_test=False)
+    watcher = _OutOfMemoryOnce()
+    obj = SFTObjective(tiny, qa, max_epochs=1, metric="eval_loss", callbacks=[watcher], evaluate_test=False)
     study = optuna.create_study(direction="minimize")
     study.enqueue_trial(_config())
     study.enqueue_trial(_config())
@@ -260,6 +269,9 @@ def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tmp_path, tiny, qa)
     reason = oom.user_attrs[FAIL_REASON]
     assert "TrialOutOfMemoryError" in reason and "per_device_train_batch_size=8" in reason
     assert ok.state == TrialState.COMPLETE
+    # both trials' models (the failed one included) were released when their trial ended
+    gc.collect()
+    assert len(watcher.models) == 2 and all(ref() is None for ref in watcher.models)
 
 
 def test_bad_input_fails_before_training(tmp_path, tiny, qa):

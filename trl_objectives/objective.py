@@ -160,6 +160,9 @@ class SFTObjective:
         callbacks: Extra ``transformers.TrainerCallback`` objects added to every trainer.
         sft_overrides: Extra ``SFTConfig`` fields (e.g. ``{"gradient_checkpointing": True}``).
         cache_dir: Where GGUF models are converted once (see ``models.default_cache_dir``).
+        num_threads: CPU threads torch may use during a trial (restored afterwards); ``None``
+            leaves torch's setting.  On a shared or oversubscribed CPU, ``1`` can be many times
+            faster than the default, because OpenMP threads spin while waiting for a busy core.
 
     Raises (at construction, before any training):
         ModelNotFoundError: the model spec names nothing loadable.
@@ -189,6 +192,7 @@ class SFTObjective:
         callbacks: Sequence["TrainerCallback"] = (),
         sft_overrides: Mapping[str, Any] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        num_threads: int | None = None,
     ) -> None:
         if not isinstance(dataset, QADataset):
             raise TRLObjectiveInputError(
@@ -231,6 +235,9 @@ class SFTObjective:
         self.callbacks = list(callbacks)
         self.sft_overrides = dict(sft_overrides or {})
         self.cache_dir = cache_dir
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise TRLObjectiveInputError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
+        self.num_threads = num_threads
 
         # Resolve and load the tokenizer now: a bad model spec fails here, before any trial.
         self.source: ModelSource = resolve_model(model)
@@ -362,6 +369,18 @@ class SFTObjective:
 
     # ------------------------------------------------------------------ the objective
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.num_threads is None:
+            return self._run(trial)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            return self._run(trial)
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
         study = trial.study
         self.describe(study)
@@ -375,21 +394,28 @@ class SFTObjective:
         model = None
         out_dir = Path(tempfile.mkdtemp(prefix="quicktune-sft-"))
         reporter = _ReportCallback(self, trial, started, resume)
+        oom: str | None = None
         try:
-            model = self._build_model(lora_kwargs)
-            trainer = self._build_trainer(model, sft_kwargs, out_dir, reporter)
             try:
+                model = self._build_model(lora_kwargs)
+                trainer = self._build_trainer(model, sft_kwargs, out_dir, reporter)
                 trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-            except TrialFailure:
-                raise
-            except Exception as e:  # noqa: BLE001 - only OOM is turned into a trial failure
-                if _is_oom(e):
-                    raise TrialOutOfMemoryError(
-                        f"Out of memory with {_describe_batch(sft_kwargs)} and max_length={self.max_length}: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Memory was freed; lower "
-                        "the batch size or max_length, or enable gradient checkpointing via sft_overrides."
-                    ) from e
-                raise
+                if reporter.failure is None and reporter.pruned_at is None and reporter.values and self.evaluate_test:
+                    reporter.active = False
+                    self._record_test_scores(trial, trainer, model)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory becomes a trial failure here
+                if not _is_oom(e):
+                    raise
+                first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+                oom = (
+                    f"Out of memory with {_describe_batch(sft_kwargs)} and max_length={self.max_length}: "
+                    f"{first_line}. Memory was freed; lower the batch size or max_length, or enable "
+                    "activation checkpointing with sft_overrides={'activation_checkpointing': True}."
+                )
+                e.__traceback__ = None  # its frames hold the activations that filled the memory
+            if oom is not None:
+                trainer, model = _free(trainer, model)
+                raise TrialOutOfMemoryError(oom)
             if reporter.failure is not None:
                 raise reporter.failure
             if reporter.pruned_at is not None:
@@ -402,15 +428,11 @@ class SFTObjective:
                     "Training finished without any evaluation (the resumed checkpoint may already be at "
                     f"the last {self.fidelity_unit})."
                 )
-            if self.evaluate_test:
-                reporter.active = False
-                self._record_test_scores(trial, trainer, model)
             return float(reporter.values[-1])
         except TrialFailure as failure:
             return self._fail(trial, failure)
         finally:
-            del trainer, model
-            _release_memory()
+            trainer, model = _free(trainer, model)
             shutil.rmtree(out_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ internals
@@ -831,6 +853,18 @@ def _describe_batch(sft_kwargs: Mapping[str, Any]) -> str:
     )
 
 
+def _free(trainer: Any, model: Any) -> tuple[None, None]:
+    """Drop the trial's trainer and model (and accelerate's references to them), then free memory."""
+    if trainer is not None:
+        try:
+            trainer.accelerator.free_memory()
+        except Exception:  # noqa: BLE001 - best effort; the references die with the trainer anyway
+            pass
+    del trainer, model
+    _release_memory()
+    return None, None
+
+
 def _release_memory() -> None:
     """Free the trial's model and optimizer before the next trial (GPU memory included)."""
     gc.collect()
@@ -840,4 +874,3 @@ def _release_memory() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
