@@ -24,7 +24,6 @@ from optuna_quicktune.space import SearchSpace
 
 __all__ = ["TrialView", "StudyState"]
 
-_ALIVE = (TrialState.RUNNING, TrialState.WAITING)
 
 
 @dataclass
@@ -103,9 +102,13 @@ class StudyState:
         return -np.inf
 
     def conflicting(self, number: int, config_id: str, resume_of: int | None) -> bool:
-        """Whether an earlier live trial already runs this configuration (or continues this parent)."""
+        """Whether any other trial holds this configuration (or continues this parent).
+
+        Called after this trial wrote its claim. Whoever reads the other's claim yields, so two
+        workers can never both keep the same claim; at worst both yield and pick again.
+        """
         for n, v in self.trials.items():
-            if n >= number or v.state not in (*_ALIVE, TrialState.COMPLETE, TrialState.PRUNED):
+            if n == number:
                 continue
             if resume_of is not None:
                 if v.resume_of == resume_of:

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -66,10 +67,14 @@ def postgres_url(tmp_path_factory):
     if not bins:
         pytest.skip("PostgreSQL server binaries not found: install the Debian package 'postgresql'.")
     bindir = Path(bins[-1]).parent
-    data = tmp_path_factory.mktemp("pgdata")
-    sock = tmp_path_factory.mktemp("pgsock")
+    # Not under pytest's tmp dir: that is private to the (root) user, and the server runs as 'postgres'.
+    base = Path(tempfile.mkdtemp(prefix="quicktune-pg-"))
+    data, sock = base / "data", base / "sock"
+    data.mkdir()
+    sock.mkdir()
     run_as: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(base, "postgres")
         shutil.chown(data, "postgres")
         shutil.chown(sock, "postgres")
         os.chmod(data, 0o700)
@@ -92,3 +97,4 @@ def postgres_url(tmp_path_factory):
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/quicktune"
     finally:
         subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -68,7 +68,7 @@ class BenchConfig:
         if unknown:
             raise ValueError(f"Unknown methods {unknown}; choose from {sorted(METHODS)}.")
         if not self.seeds:
-            raise ValueError("Give at least one seed.")
+            raise ValueError("Give at least one seed (--seeds N runs seeds 0..N-1; --seeds 3,7 runs those two).")
         if self.budget_factor <= 0:
             raise ValueError("budget_factor must be > 0.")
         if self.jobs < 1:
