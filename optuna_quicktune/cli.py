@@ -1,0 +1,133 @@
+"""The ``quicktune`` command: meta-train and inspect surrogates, run the replay benchmark.
+
+Examples::
+
+    quicktune meta-train --storage sqlite:///runs.db --out my-surrogate
+    quicktune inspect my-surrogate
+    quicktune perf
+    quicktune bench --lcbench ../shared/benchmarks/yahpo-lcbench --seeds 5 --out results/lcbench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quicktune",
+        description="optuna-quicktune: tune LLM finetuning with surrogates meta-trained on earlier runs "
+        "stored in any Optuna storage. Typical flow: collect runs into a storage, `quicktune meta-train` "
+        "a surrogate from it, then pass QuickTuneSampler(load_surrogate(DIR)) to optuna.create_study.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    mt = sub.add_parser("meta-train", help="Meta-train performance and cost surrogates on a storage.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    mt.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///runs.db")
+    mt.add_argument("--study", action="append", dest="studies", metavar="NAME",
+                    help="Study (task) to use; repeat for several. Default: every study following the contract.")
+    mt.add_argument("--out", required=True, help="Folder to save the surrogate to (safetensors + JSON).")
+    mt.add_argument("--steps", type=int, default=1500)
+    mt.add_argument("--context-size", type=int, default=256, help="Meta-training points the GP conditions on.")
+    mt.add_argument("--metafeatures", choices=["strict", "intersection", "none"], default="strict",
+                    help="What to do when studies disagree on meta-feature names.")
+    mt.add_argument("--seed", type=int, default=0)
+    mt.add_argument("--time-limit", type=float, default=None, help="Stop meta-training after this many seconds.")
+    mt.set_defaults(func=_meta_train)
+
+    ins = sub.add_parser("inspect", help="Show what a saved surrogate was trained on and how well it validated.")
+    ins.add_argument("path", help="A saved surrogate folder or a packaged name.")
+    ins.add_argument("--json", action="store_true", help="Print the raw record as JSON.")
+    ins.set_defaults(func=_inspect)
+
+    perf = sub.add_parser("perf", help="Measure meta-training time and suggestion/prune latency on this machine.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    perf.add_argument("--runs", type=int, default=1800)
+    perf.add_argument("--fidelity", type=int, default=50)
+    perf.add_argument("--candidates", type=int, default=1000)
+    perf.add_argument("--observed-points", type=int, default=10000)
+    perf.add_argument("--steps", type=int, default=1500)
+    perf.set_defaults(func=_perf)
+
+    try:
+        from optuna_quicktune.benchmark.cli import add_bench_parser
+
+        add_bench_parser(sub)
+    except ImportError as e:  # pragma: no cover - needs the [bench] extra
+        b = sub.add_parser("bench", help=f"Replay benchmark (needs optuna-quicktune[bench]: {e}).")
+        b.set_defaults(func=lambda args: _missing(e))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"quicktune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _missing(e: Exception) -> int:
+    print(f"This command needs extra packages: pip install 'optuna-quicktune[bench]' ({e})", file=sys.stderr)
+    return 2
+
+
+def _meta_train(args: argparse.Namespace) -> int:
+    from optuna_quicktune.metadataset import MetaDataset
+    from optuna_quicktune.surrogate import meta_train
+
+    md = MetaDataset.from_storage(args.storage, args.studies, metafeatures=args.metafeatures)
+    print(f"Read {md}")
+    s = meta_train(md, steps=args.steps, context_size=args.context_size, seed=args.seed,
+                   time_limit=args.time_limit, progress=True)
+    s.save(args.out)
+    print(f"Saved to {args.out} ({s.info['train_seconds']} s). Validation: {s.info.get('validation', 'no held-out task')}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from optuna_quicktune.pretrained import load_surrogate
+
+    s = load_surrogate(args.path)
+    record: dict[str, Any] = {
+        "space": {"name": s.space.name, "fingerprint": s.space.fingerprint, "parameters": s.space.names},
+        "metafeatures": s.metafeature_names,
+        "max_fidelity": s.max_fidelity,
+        "tasks": s.info.get("tasks"),
+        "validation_tasks": s.info.get("val_tasks"),
+        "validation": s.info.get("validation"),
+        "runs": s.info.get("n_runs"),
+        "train_seconds": s.info.get("train_seconds"),
+        "steps": s.info.get("steps"),
+        "hyperparameters": s.info.get("hyperparameters"),
+    }
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    for key, value in record.items():
+        print(f"{key:>18}: {value}")
+    return 0
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from optuna_quicktune.perf import run_perf
+
+    print(json.dumps(run_perf(args.runs, args.fidelity, args.candidates, args.observed_points, args.steps), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

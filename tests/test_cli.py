@@ -1,0 +1,25 @@
+import json
+import subprocess
+import sys
+
+from optuna_quicktune.cli import main
+
+
+def test_meta_train_and_inspect(family, tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'runs.db'}"
+    family.metadataset(6, seed=0, tasks=[0, 1, 2]).to_storage(storage)
+    out = tmp_path / "s"
+    assert main(["meta-train", "--storage", storage, "--out", str(out), "--steps", "20"]) == 0
+    assert (out / "weights.safetensors").exists()
+    assert main(["inspect", str(out), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.split("\n", 0)[0].split("Saved to")[-1].split("\n", 1)[1])
+    assert record["space"]["name"] == "lora-v1" and len(record["tasks"]) == 3
+
+
+def test_errors_are_one_line_and_help_is_useful(tmp_path, capsys):
+    assert main(["meta-train", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "describe_task" in err and "Traceback" not in err
+    out = subprocess.run([sys.executable, "-m", "optuna_quicktune.cli", "--help"], capture_output=True, text=True).stdout
+    for cmd in ("meta-train", "inspect", "bench", "perf"):
+        assert cmd in out
