@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= trl,dashboard,bench,dev
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: setup test test-fast demo bench perf docs clean
+.PHONY: setup test test-fast perf clean
 
 setup: $(STAMP)
 
@@ -28,14 +28,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not slow"
 
-demo: setup
-	$(PY) -m optuna_quicktune.cli demo
-
 perf: setup
-	$(PY) -m optuna_quicktune.perf
-
-docs: setup
-	$(VENV)/bin/mkdocs build --strict
+	$(PY) -m optuna_quicktune.cli perf
 
 clean:
 	rm -rf $(VENV) site build *.egg-info
