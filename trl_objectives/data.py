@@ -358,8 +358,8 @@ def format_prompt_completion(
         prefix = f"{system_prompt}\n\n" if system_prompt else ""
         return {"prompt": f"{prefix}Question: {example['question']}\nAnswer:", "completion": " " + example["answer"]}
 
-    keep = [c for c in dataset.column_names if c not in ("answer",)]
-    return dataset.map(fmt, remove_columns=[c for c in keep if c in ("prompt", "completion")])
+    stale = [c for c in ("prompt", "completion") if c in dataset.column_names]
+    return dataset.map(fmt, remove_columns=stale)
 
 
 def prompt_input_ids(
