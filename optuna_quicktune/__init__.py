@@ -34,3 +34,16 @@ from optuna_quicktune.pruner import QuickTunePruner  # noqa: E402
 from optuna_quicktune.pretrained import load_surrogate  # noqa: E402
 
 __all__ += ["QuickTuneSampler", "QuickTunePruner", "load_surrogate"]
+
+
+def __getattr__(name: str) -> object:
+    # QuickTuneDashboard is exported lazily: its module imports nothing heavy at import time, but
+    # the [dashboard] extra (plotly, optuna-dashboard) is optional and must not be needed here.
+    if name == "QuickTuneDashboard":
+        from optuna_quicktune.dashboard import QuickTuneDashboard
+
+        return QuickTuneDashboard
+    raise AttributeError(f"module 'optuna_quicktune' has no attribute {name!r}")
+
+
+__all__ += ["QuickTuneDashboard"]

@@ -1,0 +1,92 @@
+"""optuna-dashboard, served on a real SQLite storage, shows the QuickTune figure and note in Chromium.
+
+The browser is Debian's ``chromium`` (CI installs it: ``apt-get install -y --no-install-recommends
+chromium``), driven by Playwright's Python package; Playwright's own browser download is not used.
+The screenshot is kept at ``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"{CHROMIUM} not found: install Debian's browser with `apt-get install -y --no-install-recommends chromium`.",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"optuna-dashboard exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"optuna-dashboard did not answer {url} within {timeout} s")
+
+
+def test_dashboard_page_shows_quicktune_views(family, surrogate, tmp_path):
+    pytest.importorskip("optuna_dashboard", reason="needs the [dashboard] extra")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package ([dev] extra)")
+    from tests.test_dashboard import build_study
+
+    db = tmp_path / "study.db"
+    study, _ = build_study(family, surrogate, f"sqlite:///{db}", n_trials=6)
+    port = _free_port()
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "optuna_dashboard"]
+    server = subprocess.Popen([*cmd, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    profile = tempfile.mkdtemp(prefix="quicktune-chromium-")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(f"{base}/api/studies", server)
+        ARTIFACTS.mkdir(exist_ok=True)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                      f"--user-data-dir={profile}"],
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 2400})
+                page.goto(f"{base}/dashboard/studies/{study._study_id}", wait_until="networkidle")  # noqa: SLF001
+                # The note is rendered Markdown; the figures are plotly SVGs whose titles are text nodes.
+                page.get_by_role("heading", name="QuickTune portfolio").wait_for(timeout=30_000)
+                page.get_by_text("QuickTune: predicted vs observed score", exact=False).first.wait_for(timeout=30_000)
+                page.get_by_text("QuickTune: learning curves", exact=False).first.wait_for(timeout=30_000)
+                assert page.locator(".js-plotly-plot").count() >= 2
+                assert page.get_by_text("My own notes about this study.").count() >= 1
+                page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
