@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--steps", type=int, default=1500)
     perf.set_defaults(func=_perf)
 
+    dash = sub.add_parser("dashboard", help="Open optuna-dashboard on a storage (QuickTune views included).",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    dash.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///runs.db or postgresql://...")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 to share it).")
+    dash.set_defaults(func=_dashboard)
+
     try:
         from optuna_quicktune.benchmark.cli import add_bench_parser
 
@@ -142,6 +149,23 @@ def _perf(args: argparse.Namespace) -> int:
     from optuna_quicktune.perf import run_perf
 
     print(json.dumps(run_perf(args.runs, args.fidelity, args.candidates, args.observed_points, args.steps), indent=1))
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard; the QuickTune figures and note are already in the storage."""
+    try:
+        from optuna_dashboard import run_server
+    except ImportError as e:
+        print(f"quicktune dashboard needs optuna-dashboard: pip install 'optuna-quicktune[dashboard]' ({e})",
+              file=sys.stderr)
+        return 2
+    print(f"optuna-dashboard on {args.storage}: http://{args.host}:{args.port}/dashboard (Ctrl-C to stop). "
+          "QuickTune views appear in each study that ran with QuickTuneDashboard(sampler).", flush=True)
+    try:
+        run_server(args.storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

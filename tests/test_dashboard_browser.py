@@ -55,9 +55,9 @@ def test_dashboard_page_shows_quicktune_views(family, surrogate, tmp_path):
     db = tmp_path / "study.db"
     study, _ = build_study(family, surrogate, f"sqlite:///{db}", n_trials=6)
     port = _free_port()
-    exe = Path(sys.executable).with_name("optuna-dashboard")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "optuna_dashboard"]
-    server = subprocess.Popen([*cmd, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)],
+    # `quicktune dashboard` is the command users run; it serves optuna-dashboard's own server.
+    server = subprocess.Popen([sys.executable, "-m", "optuna_quicktune.cli", "dashboard", f"sqlite:///{db}",
+                               "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     profile = tempfile.mkdtemp(prefix="quicktune-chromium-")
     try:
