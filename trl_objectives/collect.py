@@ -70,7 +70,7 @@ def study_name(task: str, model_name: str) -> str:
     return f"{task}/{model_name}"
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> Any:
+def open_storage(url: str, *, heartbeat: bool = True, grace_period: int = 120) -> Any:
     """An ``RDBStorage`` with a heartbeat (so a killed worker's trials can be failed and re-run).
 
     SQLite gets a 60 s lock timeout, so several collection processes can share one file.
@@ -80,7 +80,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    kwargs: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120} if heartbeat else {}
+    kwargs: dict[str, Any] = {"heartbeat_interval": min(30, grace_period), "grace_period": grace_period} if heartbeat else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
@@ -144,6 +144,7 @@ def collect(
     zero_shot: bool = True,
     progress: bool = True,
     time_limit: float | None = None,
+    grace_period: int = 120,
 ) -> dict[str, Any]:
     """Run every configuration of :func:`collection_configs` on every task to ``epochs`` (see the module doc).
 
@@ -155,6 +156,8 @@ def collect(
         epochs: Fidelity of every run (the curve has ``epochs`` points).
         facts: Facts per task (each gives 10 train, 1 validation and 1 test question).
         time_limit: Stop (cleanly, between trials) after this many seconds; run again to resume.
+        grace_period: Seconds without a heartbeat after which a ``RUNNING`` trial counts as left
+            over by a killed worker (then it is failed and run again).
 
     Returns:
         A summary: trials run in this call, wall seconds, per-task counts.
@@ -177,9 +180,10 @@ def collect(
     space = lora_space()
     config_list = collection_configs(configs, seed=seed, space=space)
     ids = [space.config_id(c) for c in config_list]
-    store = open_storage(storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("trl_objectives.objective").setLevel(logging.ERROR)
+    store = open_storage(storage, grace_period=grace_period)
+    from trl_objectives.demo import _quiet
+
+    _quiet()
     started = time.perf_counter()
 
     # Count what is already there, for the progress bar.
