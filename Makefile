@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= trl,dashboard,bench,dev
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: setup test test-fast perf clean
+.PHONY: setup test test-fast perf demo clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-fast: setup
 
 perf: setup
 	$(PY) -m optuna_quicktune.cli perf
+
+# QuickTune with the shipped surrogate on a held-out fact-QA task, SmolLM2-135M on the CPU (minutes).
+demo: setup
+	$(PY) -m optuna_quicktune.cli demo
 
 clean:
 	rm -rf $(VENV) site build *.egg-info

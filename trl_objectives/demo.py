@@ -85,7 +85,7 @@ def run_demo(
             studies are resumed when they exist).
         n_trials: QuickTune trials (a paused trial resumed later counts as another trial).
         facts, epochs, metric, max_length: Task and run settings; default: those of the
-            surrogate's meta-dataset (its ``info["collect"]`` record), else 3 / 2 / token_f1 / 64.
+            surrogate's meta-dataset (its ``info["collect"]`` record), else 3 / 2 / eval_loss / 64.
 
     Returns:
         ``{"task", "zero_shot", "default", "quicktune", "best_params", "dashboard", "wall_seconds"}``.
@@ -111,7 +111,7 @@ def run_demo(
     collected = dict(sur.info.get("collect") or {})
     facts = facts or int(collected.get("facts", 3))
     epochs = epochs or int(collected.get("epochs", sur.max_fidelity or 2))
-    metric = metric or str(collected.get("metric", "token_f1"))
+    metric = metric or str(collected.get("metric", "eval_loss"))
     max_length = max_length or int(collected.get("max_length", 64))
     seen = [str(t) for t in sur.info.get("tasks") or []]
     if any(s == task or s.startswith(f"{task}/") for s in seen):
@@ -169,7 +169,8 @@ def run_demo(
 
     result: dict[str, Any] = {
         "task": task, "model": objective.model_name, "metric": metric, "surrogate": surrogate,
-        "zero_shot": {"validation": zero["validation"].get(metric), "test": zero["test"].get(metric)},
+        "zero_shot": {"validation": zero["validation"].get(metric), "test": zero["test"].get(metric),
+                      "test_metrics": dict(zero["test"])},
         "default": row(default_trial),
         "quicktune": row(best) if best is not None else None,
         "best_params": dict(best.params) if best is not None else None,
@@ -180,18 +181,22 @@ def run_demo(
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     echo("")
-    echo(f"Results on {task!r} ({metric}, higher is better)" if objective.direction == "maximize"
-         else f"Results on {task!r} ({metric}, lower is better)")
-    echo(f"  {'':<28} {'validation':>10} {'test':>8}")
+    better = "higher" if objective.direction == "maximize" else "lower"
+    echo(f"Results on {task!r}: validation and test {metric} ({better} is better), and test exact match / token F1")
+    echo(f"  {'':<30} {'val ' + metric:>14} {'test ' + metric:>14} {'test EM':>8} {'test F1':>8}")
 
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{float(v):.3f}"
 
-    echo(f"  {'un-finetuned (zero-shot)':<28} {fmt(result['zero_shot']['validation']):>10} {fmt(result['zero_shot']['test']):>8}")
-    echo(f"  {'default LoRA configuration':<28} {fmt(result['default']['validation']):>10} {fmt(result['default']['test']):>8}")
+    def line(label: str, r: dict[str, Any]) -> None:
+        tm = r.get("test_metrics") or {}
+        echo(f"  {label:<30} {fmt(r['validation']):>14} {fmt(r['test']):>14} "
+             f"{fmt(tm.get('exact_match')):>8} {fmt(tm.get('token_f1')):>8}")
+
+    line("un-finetuned (zero-shot)", result["zero_shot"])
+    line("default LoRA configuration", result["default"])
     if best is not None:
-        echo(f"  {'QuickTune best (trial ' + str(best.number) + ')':<28} {fmt(best.value):>10} "
-             f"{fmt(best.user_attrs.get(TEST_SCORE)):>8}")
+        line(f"QuickTune best (trial {best.number})", result["quicktune"])
         echo("Best configuration:")
         for k, v in best.params.items():
             echo(f"  {k:<28} {v}")
