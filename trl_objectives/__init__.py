@@ -12,6 +12,7 @@ from trl_objectives.data import (
     prompt_input_ids,
     toy_qa_records,
 )
+from trl_objectives.datagen import GenerationReport, expand_facts, generate_qa
 from trl_objectives.errors import (
     DatasetFormatError,
     EmptySplitError,
@@ -41,8 +42,18 @@ from trl_objectives.objective import (
     SFTObjective,
 )
 
+from trl_objectives.tasks import TASKS, FactTask, load_task, task_names, task_records
+
 __all__ = [
     "SFTObjective",
+    "TASKS",
+    "FactTask",
+    "load_task",
+    "task_names",
+    "task_records",
+    "generate_qa",
+    "expand_facts",
+    "GenerationReport",
     "QADataset",
     "load_qa_dataset",
     "format_prompt_completion",
