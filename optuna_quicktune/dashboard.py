@@ -60,8 +60,10 @@ __all__ = [
 FIGURE_PREDICTED_VS_OBSERVED = "quicktune-predicted-vs-observed"
 FIGURE_LEARNING_CURVES = "quicktune-learning-curves"
 #: The study note is shared with the user; QuickTune only rewrites the part between these markers.
-NOTE_BEGIN = "<!-- quicktune:begin -->"
-NOTE_END = "<!-- quicktune:end -->"
+#: They are Markdown link reference definitions, which render as nothing (optuna-dashboard shows
+#: HTML comments as text).
+NOTE_BEGIN = "[//]: # (quicktune:begin)"
+NOTE_END = "[//]: # (quicktune:end)"
 _Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
 
 
@@ -125,8 +127,8 @@ def predicted_vs_observed_figure(study: optuna.Study) -> "go.Figure":
                                  name="observed = predicted", line={"dash": "dot", "color": "black"}))
     n = sum(len(g["x"]) for g in groups.values())
     fig.update_layout(
-        title=f"QuickTune: predicted vs observed score ({n} trials; bars: 90 % interval at proposal)",
-        xaxis_title="predicted final score at proposal", yaxis_title="observed score",
+        title="QuickTune: predicted vs observed score",
+        xaxis_title=f"predicted final score at proposal (± 90 % interval; {n} trials)", yaxis_title="observed score",
         template="plotly_white", legend={"orientation": "h", "y": -0.2},
     )
     return fig

@@ -2,7 +2,8 @@
 
 The browser is Debian's ``chromium`` (CI installs it: ``apt-get install -y --no-install-recommends
 chromium``), driven by Playwright's Python package; Playwright's own browser download is not used.
-The screenshot is kept at ``test-artifacts/dashboard.png``.
+The screenshots are kept at ``test-artifacts/dashboard.png`` (the study page with the QuickTune
+figures) and ``test-artifacts/dashboard-note.png`` (the note tab with the portfolio).
 """
 
 from __future__ import annotations
@@ -65,22 +66,35 @@ def test_dashboard_page_shows_quicktune_views(family, surrogate, tmp_path):
         _wait_http(f"{base}/api/studies", server)
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
+            # A fresh profile per run (Playwright takes it as user_data_dir, not as an argument).
+            browser = p.chromium.launch_persistent_context(
+                profile,
                 executable_path=CHROMIUM,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                      f"--user-data-dir={profile}"],
+                headless=True,
+                viewport={"width": 1400, "height": 2400},
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
             )
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 2400})
-                page.goto(f"{base}/dashboard/studies/{study._study_id}", wait_until="networkidle")  # noqa: SLF001
-                # The note is rendered Markdown; the figures are plotly SVGs whose titles are text nodes.
-                page.get_by_role("heading", name="QuickTune portfolio").wait_for(timeout=30_000)
-                page.get_by_text("QuickTune: predicted vs observed score", exact=False).first.wait_for(timeout=30_000)
-                page.get_by_text("QuickTune: learning curves", exact=False).first.wait_for(timeout=30_000)
-                assert page.locator(".js-plotly-plot").count() >= 2
-                assert page.get_by_text("My own notes about this study.").count() >= 1
-                page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                page = browser.new_page()
+                study_url = f"{base}/dashboard/studies/{study._study_id}"  # noqa: SLF001
+                # The figures are on the study's first page: plotly SVGs whose titles are text nodes.
+                page.goto(study_url, wait_until="networkidle")
+                try:
+                    page.get_by_text("QuickTune: predicted vs observed score", exact=False).first.wait_for(timeout=60_000)
+                    page.get_by_text("QuickTune: learning curves", exact=False).first.wait_for(timeout=30_000)
+                    assert page.get_by_text("observed = predicted").count() >= 1  # the figure's legend
+                    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                    # The note has its own tab; it is rendered Markdown.
+                    page.goto(f"{study_url}/note", wait_until="networkidle")
+                    page.get_by_role("heading", name="QuickTune portfolio").wait_for(timeout=60_000)
+                    assert page.get_by_text("My own notes about this study.").count() >= 1
+                    assert page.get_by_text("Best unused by predicted final score").count() >= 1
+                    assert page.get_by_text("quicktune:begin").count() == 0  # the markers render as nothing
+                    page.screenshot(path=str(ARTIFACTS / "dashboard-note.png"), full_page=True)
+                except Exception:
+                    page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+                    raise
             finally:
                 browser.close()
     finally:
