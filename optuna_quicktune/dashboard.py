@@ -203,20 +203,25 @@ def portfolio_rows(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10
     prefixes = [ctx.state.trials[a.resume_of].prefix if a.resume_of is not None else np.zeros(0) for a in actions]
     fmax, s = ctx.fidelity_max, ctx.surrogate
     mean, std = s.predict(X, prefixes, fmax, fidelity_max=fmax, metafeatures=ctx.metafeatures, sign=ctx.sign)
-    cost = np.zeros(len(actions))
-    start = np.array([len(p) + 1 for p in prefixes])
+    nxt = list(range(min(k, len(actions))))
+    best = [int(i) for i in np.argsort(-ctx.sign * mean, kind="stable")[:k]]
+    shown = sorted(set(nxt) | set(best))  # costs only for the rows shown: the pool can hold thousands
+    Xs = X[shown]
+    start = np.array([len(prefixes[i]) + 1 for i in shown])
+    cost_shown = np.zeros(len(shown))
     for b in range(int(start.min()), fmax + 1):
         rows = start <= b
         if rows.any():
-            cost[rows] += s.predict_cost(X[rows], b, fidelity_max=fmax, metafeatures=ctx.metafeatures)
-    records = [
-        {"kind": a.kind if a.resume_of is None else f"resume #{a.resume_of}", "config": dict(a.config),
-         "config_id": a.config_id, "mean": float(mean[i]), "std": float(std[i]), "cost": float(cost[i]),
-         "acquisition": float(a.score)}
-        for i, a in enumerate(actions)
-    ]
-    by_final = sorted(records, key=lambda r: -ctx.sign * r["mean"])
-    return {"next": records[:k], "final": by_final[:k]}
+            cost_shown[rows] += s.predict_cost(Xs[rows], b, fidelity_max=fmax, metafeatures=ctx.metafeatures)
+    cost = dict(zip(shown, cost_shown.tolist()))
+
+    def record(i: int) -> dict[str, Any]:
+        a = actions[i]
+        return {"kind": a.kind if a.resume_of is None else f"resume #{a.resume_of}", "config": dict(a.config),
+                "config_id": a.config_id, "mean": float(mean[i]), "std": float(std[i]), "cost": float(cost[i]),
+                "acquisition": float(a.score)}
+
+    return {"next": [record(i) for i in nxt], "final": [record(i) for i in best]}
 
 
 def portfolio_note(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10) -> str:

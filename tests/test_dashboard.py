@@ -130,3 +130,20 @@ def test_package_import_does_not_pull_plotly():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+def test_figures_of_a_study_without_quicktune_trials():
+    """A plain study (no predictions yet) still gets a valid, empty figure rather than an error."""
+    from optuna_quicktune.dashboard import predicted_vs_observed_figure
+
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    fig = predicted_vs_observed_figure(study)
+    assert len(fig.data) == 0 and "predicted vs observed" in fig.layout.title.text
+
+
+def test_cli_has_the_dashboard_command():
+    from optuna_quicktune.cli import build_parser
+
+    args = build_parser().parse_args(["dashboard", "sqlite:///runs.db", "--port", "8123"])
+    assert (args.command, args.storage, args.port, args.host) == ("dashboard", "sqlite:///runs.db", 8123, "127.0.0.1")

@@ -33,6 +33,7 @@ def test_every_example_is_tested_or_says_why_not():
     assert "NEEDS: a CUDA GPU" in (EXAMPLES / "phi3_gpu.py").read_text()
 
 
+@pytest.mark.slow
 def test_cpu_demo_smoke(tmp_path):
     out = run_example("cpu_demo.py", "--smoke", "--workdir", str(tmp_path))
     assert "best score" in out and "meta-dataset: MetaDataset(4 tasks" in out
@@ -55,6 +56,7 @@ def smoke_metadataset(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_build_metadataset_smoke(smoke_metadataset):
     from optuna_quicktune import load_surrogate
 
@@ -62,6 +64,7 @@ def test_build_metadataset_smoke(smoke_metadataset):
     assert s.max_fidelity == 2 and "log_n_train" in s.metafeature_names
 
 
+@pytest.mark.slow
 def test_hf_trainer_search_smoke(smoke_metadataset):
     pytest.importorskip("peft", reason="needs the [trl] extra")
     out = run_example("hf_trainer_search.py", "--smoke", "--surrogate", str(smoke_metadataset / "surrogate"),
