@@ -142,6 +142,8 @@ class QuickTuneSampler(BaseSampler):
         self._pools: dict[int, tuple[list[dict[str, Any]], np.ndarray, list[str]]] = {}
         self._pred_cache: dict[Any, tuple[np.ndarray, ...]] = {}
         self._refit_cache: dict[tuple[str, int], QuickTuneSurrogate] = {}
+        self._paused_cache: dict[tuple[Any, ...], tuple[float, float, float]] = {}
+        self._in_space: dict[str | None, bool] = {}
         self._warned: set[str] = set()
         self._fallback = RandomSampler(seed=seed)
 
@@ -215,7 +217,7 @@ class QuickTuneSampler(BaseSampler):
             order = np.argsort(-scores, kind="stable")[:k]
             actions += [Action("new", configs[i], ids[i], float(scores[i]), 1) for i in order if np.isfinite(scores[i])]
         paused = [v for v in ctx.state.resumable() if v.number != exclude and len(v.prefix) < fmax]
-        paused = [v for v in paused if self.space.contains(v.params)]
+        paused = [v for v in paused if self._contains(v.config_id, v.params)]
         if paused:
             actions += self._continuation_actions(ctx, paused, kind="resume")
         actions.sort(key=lambda a: -a.score)
@@ -277,6 +279,13 @@ class QuickTuneSampler(BaseSampler):
     def _check_single_objective(self, study: Study) -> None:
         if len(study.directions) != 1:
             raise ValueError("QuickTuneSampler supports single-objective studies only.")
+
+    def _contains(self, config_id: str | None, params: Mapping[str, Any]) -> bool:
+        if config_id is None:
+            return self.space.contains(params)
+        if config_id not in self._in_space:
+            self._in_space[config_id] = self.space.contains(params)
+        return self._in_space[config_id]
 
     def _seed(self, study: Study) -> int:
         if self.seed is not None:
@@ -364,12 +373,15 @@ class QuickTuneSampler(BaseSampler):
         s, fmax = ctx.surrogate, ctx.fidelity_max
         target = self._targets(ctx, prefixes)
         mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=ctx.metafeatures, sign=ctx.sign)
+        # Every step still to run, as one batch: row i needs steps len(prefix_i)+1 .. target_i.
         start = np.array([len(p) + 1 for p in prefixes])
+        counts = np.maximum(target - start + 1, 0)
+        rows = np.repeat(np.arange(X.shape[0]), counts)
+        steps = np.concatenate([np.arange(a, b + 1) for a, b in zip(start, target)]) if rows.size else np.zeros(0)
         cost = np.zeros(X.shape[0])
-        for b in range(int(start.min()), int(target.max()) + 1):
-            rows = (start <= b) & (b <= target)
-            if rows.any():
-                cost[rows] += s.predict_cost(X[rows], b, fidelity_max=fmax, metafeatures=ctx.metafeatures)
+        if rows.size:
+            step_cost = s.predict_cost(X[rows], steps, fidelity_max=fmax, metafeatures=ctx.metafeatures)
+            np.add.at(cost, rows, step_cost)
         return ctx.sign * mean, std, cost
 
     def _final_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -383,9 +395,22 @@ class QuickTuneSampler(BaseSampler):
         return m, sd
 
     def _continuation_actions(self, ctx: _Context, views: list[Any], kind: str) -> list[Action]:
-        X = self.space.encode_many([v.params for v in views])
         prefixes = [v.prefix for v in views]
-        mean, std, cost = self._horizon_predictions(ctx, X, prefixes)
+        mean, std, cost = np.zeros(len(views)), np.zeros(len(views)), np.zeros(len(views))
+        # A paused trial's curve does not change until it is resumed: its prediction is cached.
+        keys = [(id(ctx.surrogate), ctx.fidelity_max, ctx.sign, v.number, len(v.prefix)) if kind == "resume" else None
+                for v in views]
+        todo = [i for i, k in enumerate(keys) if k is None or k not in self._paused_cache]
+        if todo:
+            X = self.space.encode_many([views[i].params for i in todo])
+            m, sd, c = self._horizon_predictions(ctx, X, [prefixes[i] for i in todo])
+            for j, i in enumerate(todo):
+                mean[i], std[i], cost[i] = m[j], sd[j], c[j]
+                if keys[i] is not None:
+                    self._paused_cache[keys[i]] = (m[j], sd[j], c[j])
+        for i, k in enumerate(keys):
+            if k is not None and i not in todo:
+                mean[i], std[i], cost[i] = self._paused_cache[k]
         target = self._targets(ctx, prefixes)
         inc = np.array([ctx.state.incumbent(int(b)) for b in target])
         scores = cost_aware_score(mean, std, inc, cost, self.cost_exponent)

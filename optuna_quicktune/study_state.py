@@ -63,8 +63,8 @@ class StudyState:
                 steps = sorted(own)
                 keep = [own[s] for s in steps if s > len(base)]
                 prefix = np.concatenate([base, np.asarray(keep, dtype=np.float64)])
-                if t.state not in (TrialState.FAIL,):
-                    st.trials[parent].continued = True
+                # A failed continuation also ends the chain: resuming again would likely fail again.
+                st.trials[parent].continued = True
             params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
             config_id = t.user_attrs.get(contract.CONFIG_ID)
             if config_id is None and params and space.contains(params):

@@ -226,3 +226,13 @@ def test_sigkilled_worker_leaves_a_study_that_resumes(family, surrogate, surroga
     for number, record in before.items():
         assert after[number] == record
     assert len([t for t in study.get_trials() if t.state == TrialState.FAIL]) == 1
+
+
+def test_threads_share_an_in_memory_study(family, surrogate):
+    sampler = QuickTuneSampler(surrogate, metafeatures=_task(family).metafeatures, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=QuickTunePruner(sampler))
+    sampler.enqueue_portfolio(study, k=4)
+    study.optimize(SimulatedObjective(_task(family), sleep=0.005), n_trials=20, n_jobs=2)
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 20
+    _assert_no_config_run_twice_at_a_fidelity(trials)
