@@ -39,6 +39,7 @@ def test_collection_configs_start_with_the_default_and_extend_stably():
         collection_configs(0)
 
 
+@pytest.mark.slow
 def test_collect_runs_a_full_table_and_resumes_after_an_interruption(tiny_model, tmp_path):
     url = f"sqlite:///{tmp_path / 'factqa.db'}"
     kw = dict(model=tiny_model, storage=url, configs=2, epochs=1, facts=2, metric="token_f1", max_length=64,

@@ -109,8 +109,7 @@ def zero_shot_scores(objective: Any) -> dict[str, dict[str, float]]:
     out_dir = Path(tempfile.mkdtemp(prefix="quicktune-zero-shot-"))
     model = trainer = None
     try:
-        config = {**DEFAULT_LORA_CONFIG, **{k: v for k, v in DEFAULT_LORA_CONFIG.items() if k in objective.space.names}}
-        lora_kwargs, sft_kwargs = objective.training_settings(config)
+        lora_kwargs, sft_kwargs = objective.training_settings(dict(DEFAULT_LORA_CONFIG))
         model = objective._build_model(lora_kwargs)
         reporter = _ReportCallback(objective, None, time.perf_counter(), None)  # type: ignore[arg-type]
         reporter.active = False  # evaluation only: nothing is reported into a trial
@@ -372,6 +371,7 @@ def write_pretrained(
     time_limit: float | None = 300.0,
     seed: int = 0,
     name: str = "smollm2-135m-factqa",
+    progress: bool = False,
 ) -> Any:
     """Meta-train a surrogate on a collection storage and save it with a model card (``README.md``).
 
@@ -384,10 +384,10 @@ def write_pretrained(
     from optuna_quicktune.surrogate import meta_train
 
     md = MetaDataset.from_storage(storage)
-    s = meta_train(md, steps=steps, seed=seed, time_limit=time_limit, progress=True)
+    s = meta_train(md, steps=steps, seed=seed, time_limit=time_limit, progress=progress)
     report = collection_report(storage)
     first = next(iter(report["tasks"].values()))
-    collect_info = dict(first.get("collect") or {})
+    collect_info = {k: v for k, v in (first.get("collect") or {}).items() if k not in ("source", "license")}
     collect_info["metric"] = first["metric"]
     s.info = dict(s.info, collect=collect_info, name=name)
     s.save(str(out))
