@@ -9,6 +9,7 @@ figures) and ``test-artifacts/dashboard-note.png`` (the note tab with the portfo
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,11 +35,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"optuna-dashboard exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"quicktune dashboard exited with {proc.returncode}: {log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -57,13 +58,16 @@ def test_dashboard_page_shows_quicktune_views(family, surrogate, tmp_path):
     study, _ = build_study(family, surrogate, f"sqlite:///{db}", n_trials=6)
     port = _free_port()
     # `quicktune dashboard` is the command users run; it serves optuna-dashboard's own server.
+    # Its request log goes to a file: an unread pipe would fill up and block the server.
+    log = tmp_path / "dashboard.log"
+    log_file = log.open("w")
     server = subprocess.Popen([sys.executable, "-m", "optuna_quicktune.cli", "dashboard", f"sqlite:///{db}",
                                "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=log_file, stderr=subprocess.STDOUT)
     profile = tempfile.mkdtemp(prefix="quicktune-chromium-")
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/api/studies", server)
+        _wait_http(f"{base}/api/studies", server, log)
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_api.sync_playwright() as p:
             # A fresh profile per run (Playwright takes it as user_data_dir, not as an argument).
@@ -103,4 +107,6 @@ def test_dashboard_page_shows_quicktune_views(family, surrogate, tmp_path):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+        log_file.close()
+        shutil.rmtree(profile, ignore_errors=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
