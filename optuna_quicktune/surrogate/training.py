@@ -17,6 +17,7 @@ best step's weights are kept (early stopping) and the predictive std is calibrat
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -29,7 +30,7 @@ import torch
 
 from optuna_quicktune.errors import EmptyMetaDatasetError
 from optuna_quicktune.metadataset import MetaDataset
-from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate
+from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, single_thread
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
 
 __all__ = ["meta_train", "fine_tune", "TrainingTuples"]
@@ -95,6 +96,17 @@ class _Split:
     val: list[int]
 
 
+def _on_one_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Train on one torch thread (see :func:`single_thread`: 5x faster on a busy 2-core CPU)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with single_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _split(tasks: list[int], val_tasks: Sequence[int] | None, val_fraction: float, rng: np.random.Generator) -> _Split:
     if val_tasks is not None:
         val = [t for t in tasks if t in set(val_tasks)]
@@ -107,6 +119,7 @@ def _split(tasks: list[int], val_tasks: Sequence[int] | None, val_fraction: floa
     return _Split(train, val)
 
 
+@_on_one_thread
 def meta_train(
     metadataset: MetaDataset,
     *,
@@ -231,6 +244,7 @@ def meta_train(
     return QuickTuneSurrogate(metadataset.space, prep, perf, cost, meta_configs=meta_configs, info=info)
 
 
+@_on_one_thread
 def fine_tune(
     surrogate: QuickTuneSurrogate,
     observations: MetaDataset,
