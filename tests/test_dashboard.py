@@ -122,14 +122,26 @@ def test_callback_validates_its_arguments(surrogate):
         QuickTuneDashboard(sampler, every=0)
 
 
-def test_package_import_does_not_pull_plotly():
+def test_package_import_does_not_pull_plotly_and_names_the_extra_when_missing():
     import subprocess
     import sys
 
-    code = "import sys, optuna_quicktune; optuna_quicktune.QuickTuneDashboard; print('plotly' in sys.modules)"
+    code = (
+        "import sys, optuna, optuna_quicktune\n"
+        "optuna_quicktune.QuickTuneDashboard\n"
+        "print('plotly' in sys.modules)\n"
+        "sys.modules['plotly'] = None  # as if the [dashboard] extra were not installed\n"
+        "from optuna_quicktune.dashboard import predicted_vs_observed_figure\n"
+        "try:\n"
+        "    predicted_vs_observed_figure(optuna.create_study())\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.strip() == "False"
+    first, message = out.stdout.strip().split("\n", 1)
+    assert first == "False"
+    assert "pip install 'optuna-quicktune[dashboard]'" in message
 
 
 def test_figures_of_a_study_without_quicktune_trials():
