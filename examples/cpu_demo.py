@@ -26,7 +26,7 @@ from pathlib import Path
 
 import optuna
 
-from optuna_quicktune import MetaDataset, QuickTunePruner, QuickTuneSampler, load_surrogate
+from optuna_quicktune import DEFAULT_LORA_CONFIG, MetaDataset, QuickTunePruner, QuickTuneSampler, load_surrogate
 from optuna_quicktune.simulate import SimulatedFamily, SimulatedObjective
 from optuna_quicktune.surrogate import meta_train
 
@@ -82,17 +82,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"(no dashboard views: {e})")
     study.optimize(objective, n_trials=trials, callbacks=callbacks)
 
-    best_possible = max(target.final_score(c) for c in family.space.sample(2000, 123))
+    # Scores a full run reaches (the curve's last point; slow learning rates have not converged there).
+    random_scores = sorted(float(target.curve(c)[-1]) for c in family.space.sample(2000, 123))
+    best_possible, median_random = random_scores[-1], random_scores[len(random_scores) // 2]
+    default = float(target.curve(DEFAULT_LORA_CONFIG)[-1])
     states = [t.state.name for t in study.trials]
     result = {
         "best_value": float(study.best_value),
         "best_of_2000_random": float(best_possible),
+        "median_random": float(median_random),
+        "default_config": float(default),
         "simulated_seconds": float(objective.clock),
         "trials": float(len(states)),
         "paused_or_stopped": float(states.count("PRUNED")),
     }
-    print(f"best score {result['best_value']:.4f} (best of 2000 random configurations: {best_possible:.4f}); "
-          f"{len(states)} trials, {states.count('PRUNED')} stopped/paused; simulated cost {objective.clock:.0f} s")
+    print(f"best score {result['best_value']:.4f}; for comparison: the default LoRA configuration {default:.4f}, "
+          f"the median random configuration {median_random:.4f}, the best of 2000 random ones {best_possible:.4f}")
+    print(f"  {len(states)} trials, {states.count('PRUNED')} stopped/paused; simulated cost {objective.clock:.0f} s")
     if callbacks:
         print(f"dashboard: quicktune dashboard sqlite:///{work / 'target.db'}")
     return result
