@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"best score {result['best_value']:.4f}; for comparison: the default LoRA configuration {default:.4f}, "
           f"the median random configuration {median_random:.4f}, the best of 2000 random ones {best_possible:.4f}")
     print(f"  {len(states)} trials, {states.count('PRUNED')} stopped/paused; simulated cost {objective.clock:.0f} s")
+    if args.smoke:
+        print("  (--smoke: a surrogate of 30 steps on 4 tasks checks that everything runs; it is not a fair result)")
     if callbacks:
         print(f"dashboard: quicktune dashboard sqlite:///{work / 'target.db'}")
     return result
