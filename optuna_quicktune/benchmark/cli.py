@@ -61,6 +61,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--meta-time-limit", type=float, default=30.0, help="meta-training seconds per fold (0: none)")
     p.add_argument("--reference-size", type=int, default=20000, help="random configurations of the regret reference (YAHPO)")
     p.add_argument("--portfolio-size", type=int, default=64)
+    p.add_argument("--portfolio-candidates", type=int, default=2000, help="YAHPO: random configurations the static portfolio chooses from (scored at the largest fidelity on the meta-training tasks)")
     p.add_argument("--top-k-first", type=int, default=32, help="configurations of each one-step round of top-k-1step")
     p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's)")
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
@@ -135,7 +136,7 @@ def run_bench(args: argparse.Namespace) -> int:
         methods=_list(args.methods) or [], seeds=seeds, tasks=tasks, budget_factor=args.budget_factor,
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
-        portfolio_size=args.portfolio_size, top_k_first=args.top_k_first, jobs=args.jobs,
+        portfolio_size=args.portfolio_size, portfolio_candidates=args.portfolio_candidates, top_k_first=args.top_k_first, jobs=args.jobs,
         quicktune_kwargs=json.loads(args.quicktune_kwargs), progress=not args.no_progress, resume=args.resume,
     )
     result = run_benchmark(scenario, cfg, args.out)

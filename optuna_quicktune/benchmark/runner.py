@@ -55,6 +55,7 @@ class BenchConfig:
     n_reference: int = 20000  # random configurations of the normalisation set (YAHPO)
     reference_seed: int = 12345
     portfolio_size: int = 64
+    portfolio_candidates: int = 2000  # YAHPO: random configurations the portfolio chooses from
     top_k_first: int = 32
     max_trials: int = 5000
     jobs: int = 2
@@ -136,19 +137,31 @@ def prepare_references(scenario: Scenario, cfg: BenchConfig, tasks: Sequence[str
     return refs
 
 
-def portfolio_scores(scenario: Scenario, md: MetaDataset) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Candidates (the table's configurations) and their best sign-adjusted score on each task."""
-    ids_per_task = [[md.space.config_id(r.config) for r in md.runs_of(t)] for t in range(len(md.tasks))]
-    same = all(ids == ids_per_task[0] for ids in ids_per_task)
-    if same:
-        candidates = [dict(r.config) for r in md.runs_of(0)]
-        S = np.stack([[np.max(scenario.sign * r.curve) for r in md.runs_of(t)] for t in range(len(md.tasks))])
+def portfolio_scores(scenario: Scenario, md: MetaDataset, cfg: BenchConfig, cache: Path | None) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Portfolio candidates and their sign-adjusted score on every task of the scenario (rows).
+
+    YAHPO scenarios: ``portfolio_candidates`` seeded random configurations scored at the largest
+    fidelity (cheap, so the portfolio can choose from many more configurations than the
+    meta-training table holds; cached). Tables: the table's configurations, best score of their
+    curve, replayed on every task (nearest neighbour where a task lacks one).
+    """
+    if isinstance(scenario, YahpoScenario):
+        path = None
+        key = _hash(scenario.fingerprint(), cfg.portfolio_candidates, cfg.table_seed)
+        candidates = scenario.space.sample(cfg.portfolio_candidates, cfg.table_seed + 7919)
+        if cache is not None:
+            path = cache / f"portfolio-{key}.npy"
+            if path.exists():
+                return candidates, np.load(path)
+        S = np.stack([scenario.sign * scenario.final_values(t, candidates)[0] for t in scenario.tasks])
+        if path is not None:
+            np.save(path, S)
         return candidates, S
     seen: dict[str, dict[str, Any]] = {}
     for r in md.runs:
         seen.setdefault(md.space.config_id(r.config), dict(r.config))
     candidates = list(seen.values())
-    S = np.stack([np.max(scenario.sign * scenario.curves(t.name, candidates).values, axis=1) for t in md.tasks])
+    S = np.stack([np.max(scenario.sign * scenario.curves(t, candidates).values, axis=1) for t in scenario.tasks])
     return candidates, S
 
 
@@ -239,6 +252,20 @@ def _run_unit(unit: tuple[str, int, str]) -> dict[str, Any]:
     return record
 
 
+def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
+    """What a method's recorded runs depend on: the scenario, the budget and its own settings."""
+    common = [scenario.fingerprint(), scenario.default_config, cfg.budget_factor, cfg.n_reference,
+              cfg.reference_seed, cfg.max_trials, cfg.audit]
+    own: list[Any] = []
+    if method.startswith("quicktune"):
+        own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs]
+    elif method == "portfolio":
+        own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size, cfg.portfolio_candidates]
+    elif method == "top-k-1step":
+        own = [cfg.top_k_first]
+    return _hash(method, common, own)
+
+
 # ---------------------------------------------------------------------- entry point
 def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``results.md`` and PNG plots into ``out``."""
@@ -264,8 +291,8 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
 
     portfolios: dict[str, list[dict[str, Any]]] = {}
     if "portfolio" in cfg.methods:
-        candidates, S = portfolio_scores(scenario, md)
-        names = [t.name for t in md.tasks]
+        candidates, S = portfolio_scores(scenario, md, cfg, cache)
+        names = list(scenario.tasks)
         for task in tasks:
             rows = [i for i, n in enumerate(names) if n != task]
             portfolios[task] = [candidates[j] for j in greedy_portfolio(S[rows], cfg.portfolio_size)]
@@ -289,8 +316,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     units = [(t, s, m) for t in tasks for s in cfg.seeds for m in cfg.methods]
     # Every finished run is appended to runs.jsonl at once; with ``resume`` the runs recorded
     # there under the same settings are kept and only the missing ones run.
-    run_key = _hash(scenario.fingerprint(), {k: v for k, v in asdict(cfg).items()
-                                             if k not in ("methods", "seeds", "tasks", "jobs", "progress", "resume")})
+    keys = {m: _run_key(scenario, cfg, m) for m in cfg.methods}
     runs_path = out / "runs.jsonl"
     done: dict[tuple[str, int, str], dict[str, Any]] = {}
     if cfg.resume and runs_path.exists():
@@ -299,7 +325,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
-            if r.get("run_key") == run_key and not r.get("error"):
+            if r.get("method") in keys and r.get("run_key") == keys[r["method"]] and not r.get("error"):
                 done[(r["task"], r["seed"], r["method"])] = r
     elif runs_path.exists():
         runs_path.unlink()
@@ -312,7 +338,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     with runs_path.open("a") as sink:
         for r in _map(_run_unit, units, cfg.jobs, "runs", cfg.progress, init=_init_worker,
                       initargs=(scenario, refs, portfolios, surrogates, cfg)):
-            r["run_key"] = run_key
+            r["run_key"] = keys[r["method"]]
             sink.write(json.dumps(r, default=str) + "\n")
             sink.flush()
             records.append(r)
