@@ -36,7 +36,9 @@ def sim_scenario():
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG
 
     fam = SimulatedFamily(3, fidelity_max=6, seed=0)
-    return TableScenario(fam.metadataset(40, seed=1), name="sim", default_config=DEFAULT_LORA_CONFIG)
+    md = fam.metadataset(40, seed=1)
+    zero_shot = {t.name: 0.12 for t in md.tasks}  # an un-finetuned base model's score
+    return TableScenario(md, name="sim", default_config=DEFAULT_LORA_CONFIG, zero_shot=zero_shot)
 
 
 # ---------------------------------------------------------------------- units
@@ -121,10 +123,14 @@ def _check_results(result, scenario, out: Path):
         for e in r["ledger"]:
             c = scenario.curves(r["task"], [e["config"]])
             owed += (c.step_costs if e["kind"] == "step" else c.scratch_costs)[0, e["step"] - 1]
-        assert r["charged"] >= owed * (1 - 1e-6) and r["steps"] >= len(r["ledger"]) > 0
+        assert r["charged"] >= owed * (1 - 1e-6) and r["steps"] >= len(r["ledger"])
+        if r["method"] == "zero-shot":
+            assert r["charged"] == 0 and r["n_trials"] == 1
+        else:
+            assert r["ledger"]
         if r["method"] == "oracle":
             assert r["final_regret"] == 0.0 and r["regret_after_trials"]["1"] == 0.0
-        if r["method"] not in ("default", "oracle"):
+        if r["method"] not in ("default", "oracle", "zero-shot"):
             assert r["charged"] >= r["budget"]  # they use the whole budget
     summary = result["summary"]["methods"]
     for m in result["meta"]["config"]["methods"]:
@@ -136,7 +142,7 @@ def _check_results(result, scenario, out: Path):
 
 def test_smoke_simulated_table(tmp_path, sim_scenario):
     cfg = BenchConfig(
-        seeds=[0], budget_factor=3.0, n_meta_configs=40, meta_steps=100, meta_time_limit=4, jobs=1,
+        methods=[*bm.DEFAULT_METHODS, "zero-shot"], seeds=[0], budget_factor=3.0, n_meta_configs=40, meta_steps=100, meta_time_limit=4, jobs=1,
         progress=False, audit=True, top_k_first=4, portfolio_size=8, quicktune_kwargs={"n_candidates": 200},
     )
     result = run_benchmark(sim_scenario, cfg, tmp_path)
@@ -196,3 +202,24 @@ def test_cli_parser_builds_a_run(tmp_path):
     assert args.func.__name__ == "run_bench"
     sc = build_scenario(args)
     assert len(sc.tasks) == 3 and sc.default_config is not None
+
+
+def test_storage_scenario_reads_zero_shot_scores(tmp_path):
+    import shutil
+
+    from optuna_quicktune.benchmark.cli import add_bench_parser, build_scenario
+
+    db = ROOT / "optuna_quicktune" / "pretrained" / "data" / "smollm2-135m-factqa.db"
+    if not db.exists():
+        pytest.skip(f"{db} not found")
+    shutil.copy(db, tmp_path / "meta.db")  # never touch the packaged file
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+    sc = build_scenario(parser.parse_args(["bench", "--storage", f"sqlite:///{tmp_path / 'meta.db'}"]))
+    assert sc.has_zero_shot and sc.direction == "minimize"
+    task = sc.tasks[0]
+    s = Session(sc, task, budget=1.0)
+    bm.run_zero_shot(s, bm.MethodContext(seed=0))
+    assert s.traj.values == [sc.zero_shot_score(task)] and s.clock == 0.0

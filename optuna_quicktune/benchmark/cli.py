@@ -53,7 +53,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     y.add_argument("--metafeatures", default="core", help="'core' (metafeatures.json's core list), 'none', or comma-separated names")
     p.add_argument("--tasks", help="comma-separated test tasks (default: every task; meta-training always uses the others)")
     p.add_argument("--max-tasks", type=int, help="use only the first N tasks of the scenario (smoke runs)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
+    p.add_argument("--methods", help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}, plus zero-shot for LLM tables with base-model scores)")
     p.add_argument("--seeds", default="5", help="number of seeds (0..N-1) or a comma-separated list")
     p.add_argument("--budget-factor", type=float, default=20.0, help="budget = factor x median cost of one full run")
     p.add_argument("--meta-configs", type=int, default=128, help="configurations per meta-training task")
@@ -113,7 +113,8 @@ def build_scenario(args: argparse.Namespace) -> Any:
         return sc.TableScenario(md, name=path.stem, default_config=default)
     if args.storage:
         md = MetaDataset.from_storage(args.storage, _list(args.studies), metafeatures="intersection")
-        return sc.TableScenario(md, name="storage", default_config=default)
+        zero_shot = sc.zero_shot_from_storage(args.storage, [t.name for t in md.tasks])
+        return sc.TableScenario(md, name="storage", default_config=default, zero_shot=zero_shot)
     from optuna_quicktune.simulate import SimulatedFamily
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG
 
@@ -131,9 +132,14 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.max_tasks:
         scenario.tasks = scenario.tasks[: args.max_tasks]
         tasks = [t for t in (tasks or scenario.tasks) if t in scenario.tasks]
+    from optuna_quicktune.benchmark.methods import DEFAULT_METHODS
+
+    methods = _list(args.methods)
+    if methods is None:
+        methods = list(DEFAULT_METHODS) + (["zero-shot"] if scenario.has_zero_shot else [])
     seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in _list(args.seeds) or []]
     cfg = BenchConfig(
-        methods=_list(args.methods) or [], seeds=seeds, tasks=tasks, budget_factor=args.budget_factor,
+        methods=methods, seeds=seeds, tasks=tasks, budget_factor=args.budget_factor,
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
         portfolio_size=args.portfolio_size, portfolio_candidates=args.portfolio_candidates, top_k_first=args.top_k_first, jobs=args.jobs,

@@ -17,6 +17,8 @@ DEHB runs through the ``dehb`` package's ask/tell interface on the same simulate
                        runs in portfolio order (then random search)
 ``top-k-1step``        N random configurations for one step each, then the best by that score
                        continued to the end one after another
+``zero-shot``          LLM tables: the base model without finetuning (its stored validation score,
+                       observed at time 0 at no cost); only for scenarios that know it
 ``oracle``             the reference set's best configuration, trained to its best step
 =====================  ===========================================================================
 """
@@ -176,6 +178,17 @@ def run_oracle(session: Session, ctx: MethodContext) -> None:
     session.end_trial()
 
 
+def run_zero_shot(session: Session, ctx: MethodContext) -> None:
+    score = session.scenario.zero_shot_score(session.task)
+    if score is None:
+        raise ValueError(
+            f"Scenario {session.scenario.name!r} has no zero-shot score for task {session.task!r}; "
+            "only LLM tables collected with the base model's scores (quicktune.zero_shot) have one."
+        )
+    session.observe_free(score)
+    session.end_trial()
+
+
 def _unit_to_config(space: SearchSpace, u: np.ndarray) -> dict[str, Any]:
     """DEHB works in [0, 1]^D, one coordinate per parameter (categoricals by equal-width bins)."""
     config: dict[str, Any] = {}
@@ -231,9 +244,11 @@ METHODS: dict[str, Callable[[Session, MethodContext], None]] = {
     "default": run_default,
     "portfolio": run_portfolio,
     "top-k-1step": run_top_k_1step,
+    "zero-shot": run_zero_shot,
     "oracle": run_oracle,
 }
-DEFAULT_METHODS = list(METHODS)
+#: Every method except ``zero-shot``, which only LLM tables support (the CLI adds it for them).
+DEFAULT_METHODS = [m for m in METHODS if m != "zero-shot"]
 
 
 def run_method(name: str, session: Session, ctx: MethodContext) -> None:

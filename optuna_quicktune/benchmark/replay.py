@@ -124,6 +124,10 @@ class Session:
             self.traj.full_runs += 1
         return float(values[b - 1]), cost
 
+    def observe_free(self, value: float) -> None:
+        """Record a score that costs no training (the base model's zero-shot score)."""
+        self._observe(float(value))
+
     def _charge(self, cost: float, steps: int = 1) -> None:
         self.clock += cost
         self.traj.charged += cost

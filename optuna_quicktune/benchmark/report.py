@@ -210,6 +210,7 @@ def plots(agg: Mapping[str, Any], meta: Mapping[str, Any], out: Path) -> list[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     x = 100 * np.asarray(agg["fractions"])
     methods = agg["methods"]
@@ -262,6 +263,7 @@ def plots(agg: Mapping[str, Any], meta: Mapping[str, Any], out: Path) -> list[st
                 continue
             ax.plot(x, np.maximum(per[m][t], 1e-4), label=m, **{**styles.get(m, dict(lw=0.9)), "lw": styles.get(m, {}).get("lw", 0.9) * 0.7})
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xscale("symlog", linthresh=2)
         ax.set_title(t, fontsize=8)
         ax.tick_params(labelsize=6)

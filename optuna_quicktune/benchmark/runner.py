@@ -280,6 +280,8 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     unknown = [t for t in tasks if t not in scenario.tasks]
     if unknown:
         raise ValueError(f"Tasks {unknown} are not in scenario {scenario.name!r} ({scenario.tasks}).")
+    if "zero-shot" in cfg.methods and not scenario.has_zero_shot:
+        raise ValueError(f"Method 'zero-shot' needs the base model's scores, which scenario {scenario.name!r} does not have.")
     if len(scenario.tasks) < 2 and any(m in ("quicktune", "quicktune-refit", "portfolio") for m in cfg.methods):
         raise ValueError("Leave-one-task-out needs at least two tasks in the scenario.")
     timings: dict[str, float] = {}

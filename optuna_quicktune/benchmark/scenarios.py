@@ -46,6 +46,7 @@ from optuna_quicktune.space import SearchSpace
 
 __all__ = [
     "Scenario",
+    "zero_shot_from_storage",
     "Curves",
     "TableScenario",
     "YahpoScenario",
@@ -93,6 +94,14 @@ class Scenario:
     def metafeatures(self, task: str) -> dict[str, float]:
         return {}
 
+    def zero_shot_score(self, task: str) -> float | None:
+        """The base model's score without finetuning (LLM tables), if the scenario knows it."""
+        return None
+
+    @property
+    def has_zero_shot(self) -> bool:
+        return all(self.zero_shot_score(t) is not None for t in self.tasks)
+
     def curves(self, task: str, configs: Sequence[Mapping[str, Any]]) -> Curves:
         raise NotImplementedError
 
@@ -125,6 +134,7 @@ class Scenario:
             "fidelity_unit": self.fidelity_unit, "metric": self.metric, "direction": self.direction,
             "cost_mode": self.cost_mode, "space": self.space.names, "fingerprint": self.fingerprint(),
             "default_config": self.default_config,
+            "zero_shot": {t: self.zero_shot_score(t) for t in self.tasks} if self.has_zero_shot else None,
         }
 
 
@@ -137,7 +147,14 @@ class TableScenario(Scenario):
     positive amount so that every step is visible on the clock.
     """
 
-    def __init__(self, metadataset: MetaDataset, *, name: str = "table", default_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        metadataset: MetaDataset,
+        *,
+        name: str = "table",
+        default_config: Mapping[str, Any] | None = None,
+        zero_shot: Mapping[str, float] | None = None,
+    ) -> None:
         md = metadataset
         self.name = name
         self.metadataset = md
@@ -168,9 +185,13 @@ class TableScenario(Scenario):
             raise ValueError(f"No task of the meta-dataset has a run with {self.fidelity_max} steps to replay.")
         self._mf = {t.name: dict(t.metafeatures) for t in md.tasks}
         self.default_config = dict(default_config) if default_config is not None else None
+        self._zero_shot = {str(k): float(v) for k, v in (zero_shot or {}).items()}
 
     def metafeatures(self, task: str) -> dict[str, float]:
         return dict(self._mf[task])
+
+    def zero_shot_score(self, task: str) -> float | None:
+        return self._zero_shot.get(task)
 
     def task_configs(self, task: str) -> list[dict[str, Any]]:
         return self._tables[task][2]
@@ -571,3 +592,23 @@ def lcbench(folder: str | Path, *, epochs: str = "2-51", **kwargs: Any) -> Yahpo
     kwargs.setdefault("preset", "lcbench")
     kwargs.setdefault("name", "lcbench")
     return YahpoScenario(folder, fidelity_values=list(range(lo, hi + 1)), **kwargs)
+
+
+def zero_shot_from_storage(storage: Any, study_names: Sequence[str] | None = None, split: str = "validation") -> dict[str, float]:
+    """Base-model scores stored by ``trl_objectives.collect`` (study attr ``quicktune.zero_shot``).
+
+    Returns ``{study name: score of the study's metric}`` for the studies that have one.
+    """
+    import optuna
+
+    if isinstance(storage, str):
+        storage = optuna.storages.get_storage(storage)
+    names = study_names or [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    out: dict[str, float] = {}
+    for n in names:
+        attrs = optuna.load_study(study_name=n, storage=storage).user_attrs
+        metric = (attrs.get("quicktune.task") or {}).get("metric")
+        value = ((attrs.get("quicktune.zero_shot") or {}).get(split) or {}).get(metric)
+        if metric is not None and _finite(value):
+            out[n] = float(value)
+    return out
