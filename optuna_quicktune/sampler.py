@@ -143,6 +143,8 @@ class QuickTuneSampler(BaseSampler):
         self._pred_cache: dict[Any, tuple[np.ndarray, ...]] = {}
         self._refit_cache: dict[tuple[str, int], QuickTuneSurrogate] = {}
         self._paused_cache: dict[tuple[Any, ...], tuple[float, float, float]] = {}
+        self._memo: dict[Any, Any] = {}  # parsed curves of finished trials (StudyState.build)
+        self._step_costs: dict[Any, np.ndarray] = {}  # predicted cost of every step of a configuration
         self._in_space: dict[str | None, bool] = {}
         self._warned: set[str] = set()
         self._fallback = RandomSampler(seed=seed)
@@ -185,7 +187,7 @@ class QuickTuneSampler(BaseSampler):
             taken = False
             for action in actions:
                 self._claim(study, trial, action, ctx)
-                fresh = StudyState.build(study.get_trials(deepcopy=False), self.space, ctx.sign)
+                fresh = StudyState.build(study.get_trials(deepcopy=False), self.space, ctx.sign, self._memo)
                 if not fresh.conflicting(trial.number, action.config_id, action.resume_of):
                     taken = True
                     break
@@ -311,7 +313,7 @@ class QuickTuneSampler(BaseSampler):
             fid = attrs.get(contract.FIDELITY)
             fmax = int(fid["max"]) if isinstance(fid, dict) and "max" in fid else self.surrogate.max_fidelity
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        state = StudyState.build(study.get_trials(deepcopy=False), self.space, sign)
+        state = StudyState.build(study.get_trials(deepcopy=False), self.space, sign, self._memo)
         surrogate = self._model(study, state, mf, fmax, sign)
         return _Context(surrogate, mf, int(fmax), sign, state)
 
@@ -373,16 +375,33 @@ class QuickTuneSampler(BaseSampler):
         s, fmax = ctx.surrogate, ctx.fidelity_max
         target = self._targets(ctx, prefixes)
         mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=ctx.metafeatures, sign=ctx.sign)
-        # Every step still to run, as one batch: row i needs steps len(prefix_i)+1 .. target_i.
-        start = np.array([len(p) + 1 for p in prefixes])
-        counts = np.maximum(target - start + 1, 0)
-        rows = np.repeat(np.arange(X.shape[0]), counts)
-        steps = np.concatenate([np.arange(a, b + 1) for a, b in zip(start, target)]) if rows.size else np.zeros(0)
-        cost = np.zeros(X.shape[0])
-        if rows.size:
-            step_cost = s.predict_cost(X[rows], steps, fidelity_max=fmax, metafeatures=ctx.metafeatures)
-            np.add.at(cost, rows, step_cost)
+        # The cost of every step still to run: row i needs steps len(prefix_i)+1 .. target_i.
+        start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
+        cum = np.cumsum(self._step_cost_matrix(ctx, X), axis=1)
+        cum = np.concatenate([np.zeros((X.shape[0], 1)), cum], axis=1)
+        rows = np.arange(X.shape[0])
+        hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)
+        cost = np.where(hi >= start, cum[rows, hi] - cum[rows, lo], 0.0)
         return ctx.sign * mean, std, cost
+
+    def _step_cost_matrix(self, ctx: _Context, X: np.ndarray) -> np.ndarray:
+        """Predicted cost of each step 1..fidelity_max of every row of ``X``, shape ``(n, fmax)``.
+
+        A step's cost does not depend on the curve, so it is predicted once per configuration.
+        """
+        s, fmax = ctx.surrogate, ctx.fidelity_max
+        base = (id(s), tuple(sorted((ctx.metafeatures or {}).items())), fmax)
+        keys = [base + (x.tobytes(),) for x in np.ascontiguousarray(X, dtype=np.float64)]
+        todo = [i for i, k in enumerate(keys) if k not in self._step_costs]
+        if todo:
+            rows = np.repeat(np.asarray(todo), fmax)
+            steps = np.tile(np.arange(1, fmax + 1), len(todo))
+            c = s.predict_cost(X[rows], steps, fidelity_max=fmax, metafeatures=ctx.metafeatures).reshape(len(todo), fmax)
+            for j, i in enumerate(todo):
+                self._step_costs[keys[i]] = c[j]
+        if not keys:
+            return np.zeros((0, fmax))
+        return np.stack([self._step_costs[k] for k in keys])
 
     def _final_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = self._cache_key(study, ctx, "final")

@@ -46,23 +46,30 @@ class StudyState:
     best_at: dict[int, float] = field(default_factory=dict)  # fidelity -> best sign*value observed
 
     @classmethod
-    def build(cls, trials: Sequence[FrozenTrial], space: SearchSpace, sign: float) -> "StudyState":
+    def build(
+        cls, trials: Sequence[FrozenTrial], space: SearchSpace, sign: float, memo: dict[Any, Any] | None = None
+    ) -> "StudyState":
+        """The state of ``trials``.
+
+        ``memo`` (a dict the caller keeps between calls) caches the parsed curve of every finished
+        trial, whose reports can no longer change; the result is the same with or without it.
+        """
         st = cls(space)
+        best = np.full(1, -np.inf)
         for t in sorted(trials, key=lambda t: t.number):
             parent = t.user_attrs.get(contract.RESUME_OF)
             parent = int(parent) if parent is not None else None
-            own = t.intermediate_values
-            for step, v in own.items():
-                if np.isfinite(v):
-                    sv = sign * float(v)
-                    if sv > st.best_at.get(int(step), -np.inf):
-                        st.best_at[int(step)] = sv
-            prefix = np.array([own[s] for s in sorted(own)], dtype=np.float64)
+            steps, own_v = _curve(t, memo)
+            if steps.size:
+                top = int(steps[-1])
+                if top >= best.shape[0]:
+                    best = np.concatenate([best, np.full(top + 1 - best.shape[0], -np.inf)])
+                finite = np.isfinite(own_v) & (steps >= 0)
+                np.maximum.at(best, steps[finite], sign * own_v[finite])
+            prefix = own_v
             if parent is not None and parent in st.trials:
                 base = st.trials[parent].prefix
-                steps = sorted(own)
-                keep = [own[s] for s in steps if s > len(base)]
-                prefix = np.concatenate([base, np.asarray(keep, dtype=np.float64)])
+                prefix = np.concatenate([base, own_v[steps > len(base)]])
                 # A failed continuation also ends the chain: resuming again would likely fail again.
                 st.trials[parent].continued = True
             params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
@@ -80,6 +87,7 @@ class StudyState:
                 or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT))),
                 checkpoint=t.user_attrs.get(contract.CHECKPOINT),
             )
+        st.best_at = {int(b): float(v) for b, v in enumerate(best) if v > -np.inf}
         return st
 
     # ------------------------------------------------------------------ queries
@@ -116,3 +124,19 @@ class StudyState:
             elif v.config_id == config_id and v.resume_of is None:
                 return True
         return False
+
+
+def _curve(t: FrozenTrial, memo: dict[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """A trial's reported steps (sorted) and values; memoised for finished trials."""
+    own = t.intermediate_values
+    key = None
+    if memo is not None and t.state.is_finished():
+        key = (t._trial_id, t.number, t.datetime_start, t.state, len(own))  # noqa: SLF001
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
+    steps = np.array(sorted(own), dtype=np.int64)
+    values = np.array([own[int(s)] for s in steps], dtype=np.float64)
+    if key is not None:
+        memo[key] = (steps, values)
+    return steps, values
