@@ -86,3 +86,21 @@ def test_collect_refuses_bad_input(tmp_path):
         collect(["nope"], storage=f"sqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(ValueError, match="at least one task"):
         collect([], storage=f"sqlite:///{tmp_path / 'x.db'}")
+
+
+@pytest.mark.slow
+def test_collect_never_prunes_even_when_the_study_has_better_runs(tiny_model, tmp_path):
+    # Five earlier runs with a perfect curve: Optuna's default MedianPruner would stop any new run at
+    # its first epoch. A collection must still run every configuration to the maximum fidelity.
+    url = f"sqlite:///{tmp_path / 'factqa.db'}"
+    kw = dict(model=tiny_model, storage=url, configs=1, epochs=2, facts=2, metric="eval_loss", max_length=64,
+              checkpoint_dir=str(tmp_path / "ck"), progress=False, zero_shot=False)
+    collect(TASKS[:1], time_limit=0, **kw)
+    name = optuna.get_all_study_names(url)[0]
+    study = optuna.load_study(study_name=name, storage=url)
+    for _ in range(5):
+        study.add_trial(optuna.trial.create_trial(value=0.0, intermediate_values={1: 0.0, 2: 0.0}))
+    assert collect(TASKS[:1], **kw)["trials_run"] == 1
+    run = [t for t in optuna.load_study(study_name=name, storage=url).trials if "quicktune.config_id" in t.user_attrs]
+    assert [t.state for t in run] == [optuna.trial.TrialState.COMPLETE]
+    assert sorted(run[0].intermediate_values) == [1, 2]

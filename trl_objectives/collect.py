@@ -9,7 +9,9 @@ through :class:`~trl_objectives.SFTObjective` (which writes the storage contract
 
 Resuming: a configuration counts as done when the study holds a ``COMPLETE`` trial with its
 ``quicktune.config_id``, or a ``FAIL`` trial with ``quicktune.fail_reason`` (a recorded divergence
-is a result: running it again gives the same NaN).  Trials left ``RUNNING`` by a killed process
+is a result: running it again gives the same NaN).  Runs are never pruned (``NopPruner``); a
+``PRUNED`` trial left by another tool is kept as a partial curve and its configuration run again
+to the full fidelity.  Trials left ``RUNNING`` by a killed process
 are marked ``FAIL`` by heartbeat (``optuna.storages.fail_stale_trials``) and run again, as are
 failures without a reason.
 
@@ -241,6 +243,8 @@ def collect(
             study = optuna.create_study(
                 study_name=study_name(t, objective.model_name), storage=store, direction=objective.direction,
                 load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=seed),
+                # A table must hold full curves: Optuna's default MedianPruner would cut runs short.
+                pruner=optuna.pruners.NopPruner(),
             )
             objective.describe(study)
             optuna.storages.fail_stale_trials(study)
