@@ -63,7 +63,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--portfolio-size", type=int, default=64)
     p.add_argument("--portfolio-candidates", type=int, default=2000, help="YAHPO: random configurations the static portfolio chooses from (scored at the largest fidelity on the meta-training tasks)")
     p.add_argument("--top-k-first", type=int, default=32, help="configurations of each one-step round of top-k-1step")
-    p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's)")
+    p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's; a LoRA storage defaults to DEFAULT_LORA_CONFIG)")
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--out", default="results/bench", help="results folder (meta-training is cached in OUT/cache)")
@@ -114,6 +114,11 @@ def build_scenario(args: argparse.Namespace) -> Any:
     if args.storage:
         md = MetaDataset.from_storage(args.storage, _list(args.studies), metafeatures="intersection")
         zero_shot = sc.zero_shot_from_storage(args.storage, [t.name for t in md.tasks])
+        if default is None:  # a LoRA collection's default is the configuration PEFT/TRL tutorials use
+            from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
+
+            if md.space.fingerprint == lora_space().fingerprint:
+                default = dict(DEFAULT_LORA_CONFIG)
         return sc.TableScenario(md, name="storage", default_config=default, zero_shot=zero_shot)
     from optuna_quicktune.simulate import SimulatedFamily
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG
