@@ -24,7 +24,7 @@ def test_returned_test_scores_match_the_stored_runs(tmp_path):
     task = sorted(optuna.get_all_study_names(url))[0]
     out = tmp_path / "bench"
     rc = quicktune(["bench", "--storage", url, "--tasks", task, "--seeds", "1", "--methods",
-                    "default,oracle,zero-shot", "--budget-factor", "3", "--out", str(out), "--no-progress"])
+                    "default,oracle,zero-shot", "--budget-factor", "3", "--jobs", "1", "--out", str(out), "--no-progress"])
     assert rc == 0
     scores = returned_test_scores(out, url)[task]
 
