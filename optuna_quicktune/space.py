@@ -111,9 +111,11 @@ class SearchSpace:
         return f"SearchSpace(name={self.name!r}, params={self.names}, fingerprint={self.fingerprint})"
 
     def to_json(self) -> dict[str, Any]:
+        # "order" fixes the encoding layout: JSON writers may sort the keys of "distributions".
         return {
             "name": self.name,
             "fingerprint": self.fingerprint,
+            "order": self.names,
             "distributions": {k: distribution_to_json(d) for k, d in self.distributions.items()},
         }
 
@@ -123,6 +125,14 @@ class SearchSpace:
             dists = {k: json_to_distribution(v) for k, v in data["distributions"].items()}
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"Not a serialised SearchSpace ({e}); expected SearchSpace.to_json().") from e
+        order = data.get("order")
+        if order is not None:
+            if sorted(order) != sorted(dists):
+                raise ValueError(
+                    f"Serialised space {data.get('name', 'custom')!r}: 'order' {order} does not name the same "
+                    f"parameters as 'distributions' {sorted(dists)}: the file was edited or is corrupted."
+                )
+            dists = {k: dists[k] for k in order}
         space = cls(dists, name=data.get("name", "custom"))
         expected = data.get("fingerprint")
         if expected is not None and expected != space.fingerprint:

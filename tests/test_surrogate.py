@@ -82,6 +82,7 @@ def test_save_load_identical_predictions(surrogate, surrogate_dir, full_md):
     np.testing.assert_array_equal(surrogate.predict_cost(a["X"], 3, **args), loaded.predict_cost(a["X"], 3, **args))
     assert loaded.weights_digest() == surrogate.weights_digest()
     assert loaded.space == surrogate.space and loaded.info["train_tasks"] == surrogate.info["train_tasks"]
+    assert loaded.space.names == surrogate.space.names  # the encoding layout, not only the distributions
     assert not list(surrogate_dir.glob("*.pkl")) and not list(surrogate_dir.glob("*.pt"))
 
 
