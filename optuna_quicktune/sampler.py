@@ -20,6 +20,7 @@ study's meta-features and each candidate's observed curve prefix enter as inputs
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import warnings
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
@@ -81,7 +83,9 @@ class QuickTuneSampler(BaseSampler):
         fidelity_max: Fidelity steps of a full run; defaults to the study's ``quicktune.fidelity``
             attribute, then to the surrogate's longest curve.
         n_candidates: Random configurations in the candidate pool (plus the meta-dataset's).
-        cost_exponent: How strongly predicted step cost discounts EI (0 ignores cost).
+        cost_exponent: How strongly predicted cost discounts EI (EI / cost ** cost_exponent).
+            The default 0 ranks by EI alone: with 1, configurations that are merely cheap won
+            (measured on LCBench, docs/benchmarks.md), so cost is opt-in.
         horizon: ``"next"`` scores each action by EI at its next fidelity against the incumbent at
             that fidelity, per cost of that step (Quick-Tune); ``"final"`` by EI of the predicted
             final score against the best score observed so far, per predicted cost of the
@@ -89,6 +93,11 @@ class QuickTuneSampler(BaseSampler):
         refit: Fine-tune the surrogates on the study (Quick-Tune) instead of zero-shot use.
         refit_every: With ``refit``, finished trials between two fine-tunings.
         refit_steps: Gradient steps of each fine-tuning.
+        condition: Condition the surrogate's GP on the study's own observations (weights
+            unchanged, so still zero-shot): the last score of every finished or paused run, as a
+            point at its fidelity. What the study saw then moves the predictions of similar
+            configurations; without it, the order of new configurations never changes. Ignored with
+            ``refit`` (the fine-tuned copy is conditioned on the study already).
         seed: Seed of the candidate pool and of fallbacks. ``None`` derives it from the study name,
             so that every worker of a study builds the same pool.
     """
@@ -100,11 +109,12 @@ class QuickTuneSampler(BaseSampler):
         metafeatures: Mapping[str, float] | None = None,
         fidelity_max: int | None = None,
         n_candidates: int = 1000,
-        cost_exponent: float = 1.0,
+        cost_exponent: float = 0.0,
         horizon: str = "final",
         refit: bool = False,
         refit_every: int = 5,
         refit_steps: int = 50,
+        condition: bool = True,
         seed: int | None = None,
     ) -> None:
         warnings.warn(
@@ -138,11 +148,14 @@ class QuickTuneSampler(BaseSampler):
         self.refit = refit
         self.refit_every = refit_every
         self.refit_steps = refit_steps
+        self.condition = bool(condition)
         self.seed = seed
         self._pools: dict[int, tuple[list[dict[str, Any]], np.ndarray, list[str]]] = {}
         self._pred_cache: dict[Any, tuple[np.ndarray, ...]] = {}
         self._refit_cache: dict[tuple[str, int], QuickTuneSurrogate] = {}
         self._paused_cache: dict[tuple[Any, ...], tuple[float, float, float]] = {}
+        self._conditioned: dict[Any, QuickTuneSurrogate] = {}  # the latest conditioned views (LRU)
+        self._n_conditioned = 0
         self._memo: dict[Any, Any] = {}  # parsed curves of finished trials (StudyState.build)
         self._step_costs: dict[Any, np.ndarray] = {}  # predicted cost of every step of a configuration
         self._in_space: dict[str | None, bool] = {}
@@ -319,7 +332,7 @@ class QuickTuneSampler(BaseSampler):
 
     def _model(self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float) -> QuickTuneSurrogate:
         if not self.refit:
-            return self.surrogate
+            return self._conditioned_model(study, state, mf, fmax, sign) if self.condition else self.surrogate
         finished = sum(1 for v in state.trials.values() if v.state in (TrialState.COMPLETE, TrialState.PRUNED))
         version = finished // self.refit_every
         if version == 0:
@@ -333,6 +346,51 @@ class QuickTuneSampler(BaseSampler):
                 self.surrogate, md, steps=self.refit_steps, seed=self._seed(study) + version
             )
         return self._refit_cache[key]
+
+    def _conditioned_model(
+        self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float
+    ) -> QuickTuneSurrogate:
+        """The pretrained surrogate with the study's finished chains added to its GP context.
+
+        One point per chain (a trial and the trials that resumed it): its configuration, no
+        prefix, its last reported fidelity and score. Running trials are left out, so the view
+        changes only when a trial ends.
+        """
+        finished = {n: v for n, v in state.trials.items() if v.state.is_finished()}
+        continued = {v.resume_of for v in finished.values() if v.resume_of is not None}
+        ends = [
+            v for n, v in finished.items()
+            if n not in continued and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self._contains(v.config_id, v.params)
+        ]
+        if not ends:
+            return self.surrogate
+        key = (study.study_name, fmax, sign, tuple(sorted((mf or {}).items())), tuple((v.number, len(v.prefix)) for v in ends))
+        hit = self._conditioned.pop(key, None)
+        if hit is None:
+            base = self.surrogate
+            X = self.space.encode_many([v.params for v in ends])
+            lengths = np.array([min(len(v.prefix), fmax) for v in ends])
+            b = base.batch(X, None, lengths, fidelity_max=fmax, metafeatures=mf, sign=sign)
+            y = base.prep.z(np.array([v.prefix[min(len(v.prefix), fmax) - 1] for v in ends]), sign)
+            hit = copy.copy(base)
+            hit.performance = copy.copy(base.performance)
+            ctx_b, ctx_y = base.performance.context, base.performance.context_y
+            assert ctx_b is not None and ctx_y is not None
+            hit.performance.set_context(ctx_b.cat(b), torch.cat([ctx_y, torch.as_tensor(y, dtype=torch.float64)]))
+            self._n_conditioned += 1
+            hit._qt_token = ("conditioned", self._n_conditioned)  # type: ignore[attr-defined]
+        self._conditioned[key] = hit
+        while len(self._conditioned) > 2:
+            old = self._conditioned.pop(next(iter(self._conditioned)))
+            self._forget(_token(old))
+        return hit
+
+    def _forget(self, token: Any) -> None:
+        """Drop the cached predictions of a surrogate view that is no longer used."""
+        for k in [k for k in self._pred_cache if k[-1] == token]:
+            del self._pred_cache[k]
+        for k in [k for k in self._paused_cache if k[0] == token]:
+            del self._paused_cache[k]
 
     def _pool(self, study: Study) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
         seed = self._seed(study)
@@ -353,7 +411,7 @@ class QuickTuneSampler(BaseSampler):
 
     def _cache_key(self, study: Study, ctx: _Context, what: str) -> tuple[Any, ...]:
         mf = tuple(sorted((ctx.metafeatures or {}).items()))
-        return (what, self._seed(study), mf, ctx.fidelity_max, ctx.sign, id(ctx.surrogate))
+        return (what, self._seed(study), mf, ctx.fidelity_max, ctx.sign, _token(ctx.surrogate))
 
     def _new_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = self._cache_key(study, ctx, "first-step")
@@ -390,7 +448,7 @@ class QuickTuneSampler(BaseSampler):
         A step's cost does not depend on the curve, so it is predicted once per configuration.
         """
         s, fmax = ctx.surrogate, ctx.fidelity_max
-        base = (id(s), tuple(sorted((ctx.metafeatures or {}).items())), fmax)
+        base = (id(s.cost), tuple(sorted((ctx.metafeatures or {}).items())), fmax)
         keys = [base + (x.tobytes(),) for x in np.ascontiguousarray(X, dtype=np.float64)]
         todo = [i for i, k in enumerate(keys) if k not in self._step_costs]
         if todo:
@@ -417,7 +475,7 @@ class QuickTuneSampler(BaseSampler):
         prefixes = [v.prefix for v in views]
         mean, std, cost = np.zeros(len(views)), np.zeros(len(views)), np.zeros(len(views))
         # A paused trial's curve does not change until it is resumed: its prediction is cached.
-        keys = [(id(ctx.surrogate), ctx.fidelity_max, ctx.sign, v.number, len(v.prefix)) if kind == "resume" else None
+        keys = [(_token(ctx.surrogate), ctx.fidelity_max, ctx.sign, v.number, len(v.prefix)) if kind == "resume" else None
                 for v in views]
         todo = [i for i, k in enumerate(keys) if k is None or k not in self._paused_cache]
         if todo:
@@ -464,6 +522,11 @@ class QuickTuneSampler(BaseSampler):
         if action.resume_of is not None:
             _set_user_attr(study, trial, contract.RESUME_OF, action.resume_of)
             _set_user_attr(study, trial, contract.CHECKPOINT, action.checkpoint)
+        elif trial.user_attrs.get(contract.RESUME_OF) is not None:
+            # An earlier claim of this trial (a resumption another worker took) must not stay:
+            # the objective would continue that checkpoint with this configuration.
+            _set_user_attr(study, trial, contract.RESUME_OF, None)
+            _set_user_attr(study, trial, contract.CHECKPOINT, None)
 
     def _annotate_enqueued(self, study: Study, trial: FrozenTrial) -> None:
         params = trial.system_attrs.get("fixed_params") or {}
@@ -476,6 +539,11 @@ class QuickTuneSampler(BaseSampler):
         record.update(source="enqueued")
         _set_user_attr(study, trial, contract.CONFIG_ID, self.space.config_id(params))
         _set_user_attr(study, trial, contract.PREDICTED, record)
+
+
+def _token(s: QuickTuneSurrogate) -> Any:
+    """A key for cached predictions of a surrogate (conditioned views carry their own)."""
+    return getattr(s, "_qt_token", id(s))
 
 
 def _checkpoint_of(ctx: _Context, number: int) -> str | None:
