@@ -236,3 +236,20 @@ def test_threads_share_an_in_memory_study(family, surrogate):
     trials = study.get_trials()
     assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 20
     _assert_no_config_run_twice_at_a_fidelity(trials)
+
+
+def test_conditioning_on_the_study_keeps_weights_and_moves_predictions(family, surrogate):
+    """condition=True (default): finished runs join the GP's conditioning set; weights never change."""
+    task = _task(family)
+    before = surrogate.weights_digest()
+    errors = {}
+    for condition in (False, True):
+        sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0, condition=condition)
+        study = optuna.create_study(direction="maximize", sampler=sampler)  # no pruner: full runs
+        study.optimize(SimulatedObjective(task), n_trials=6)
+        assert sampler.current_surrogate(study).weights_digest() == before
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        # Zero-shot (no prefix) predictions of the finished configurations against what was observed.
+        errors[condition] = np.mean([abs(sampler.predict_final(study, t.params)["mean"] - t.value) for t in done])
+    assert surrogate.weights_digest() == before
+    assert errors[True] < errors[False], errors
