@@ -83,11 +83,13 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     import optuna
 
-    for k in range((len(tasks) + 1) // 2):  # create each file's schema once, before two workers race on it
-        optuna.storages.RDBStorage(f"sqlite:///{out / f'factqa-{k}.db'}")
+    if not args.per_task_db:
+        for k in range((len(tasks) + 1) // 2):  # create each file's schema once, before two workers race on it
+            optuna.storages.RDBStorage(f"sqlite:///{out / f'factqa-{k}.db'}")
     procs = []
     for i, task in enumerate(tasks):
-        db = out / f"factqa-{i // 2}.db"
+        # --per-task-db: OUT/<task>.db already holds the task's study (resuming a collection).
+        db = out / (f"{task}.db" if args.per_task_db else f"factqa-{i // 2}.db")
         log = open(Path(args.log_dir) / f"{task}.log", "w")
         cmd = [sys.executable, __file__, "--worker", "--task", task, "--records", args.records,
                "--storage", f"sqlite:///{db}", "--configs", str(args.configs), "--epochs", str(args.epochs),
@@ -135,6 +137,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--checkpoint-dir")
     p.add_argument("--time-limit", type=float, default=400.0)
+    p.add_argument("--per-task-db", action="store_true", help="one SQLite file per task, OUT/<task>.db")
     args = p.parse_args()
     if args.dump:
         dump(args.dump, _tasks(args.tasks), args.facts, args.seed)
