@@ -13,9 +13,12 @@ The decision is rebuilt from the storage on every call, so several workers and r
 agree. A worker writes its choice into its trial and then re-reads the study; if an earlier trial
 took the same configuration in the meantime, it moves on to the next best action.
 
-With ``refit=False`` (default, Strangmann et al. 2024) the surrogates are used as they are; only the
-study's meta-features and each candidate's observed curve prefix enter as inputs. ``refit=True``
-(Quick-Tune) fine-tunes a copy on the study's curves every ``refit_every`` finished trials.
+With ``refit=False`` (default, Strangmann et al. 2024) the surrogates' weights are used as they are;
+the study enters through its meta-features, each candidate's observed curve prefix and, with
+``condition=True`` (default), the GP's conditioning set: every finished run's last score is added to
+it, so that what the study saw moves the predictions of similar configurations. ``refit=True``
+(Quick-Tune) also fine-tunes a copy on the study's curves after ``refit_every`` finished trials and
+again each time their number doubles.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,13 +95,14 @@ class QuickTuneSampler(BaseSampler):
             final score against the best score observed so far, per predicted cost of the
             remaining steps (freeze-thaw style).
         refit: Fine-tune the surrogates on the study (Quick-Tune) instead of zero-shot use.
-        refit_every: With ``refit``, finished trials between two fine-tunings.
+        refit_every: With ``refit``, finished trials before the first fine-tuning; the next ones
+            come each time the number of finished trials doubles.
         refit_steps: Gradient steps of each fine-tuning.
         condition: Condition the surrogate's GP on the study's own observations (weights
             unchanged, so still zero-shot): the last score of every finished or paused run, as a
             point at its fidelity. What the study saw then moves the predictions of similar
-            configurations; without it, the order of new configurations never changes. Ignored with
-            ``refit`` (the fine-tuned copy is conditioned on the study already).
+            configurations; without it, the order of new configurations never changes. With
+            ``refit``, the latest fine-tuned copy is conditioned the same way.
         seed: Seed of the candidate pool and of fallbacks. ``None`` derives it from the study name,
             so that every worker of a study builds the same pool.
     """
@@ -331,26 +336,36 @@ class QuickTuneSampler(BaseSampler):
         return _Context(surrogate, mf, int(fmax), sign, state)
 
     def _model(self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float) -> QuickTuneSurrogate:
-        if not self.refit:
-            return self._conditioned_model(study, state, mf, fmax, sign) if self.condition else self.surrogate
-        finished = sum(1 for v in state.trials.values() if v.state in (TrialState.COMPLETE, TrialState.PRUNED))
-        version = finished // self.refit_every
-        if version == 0:
-            return self.surrogate
-        key = (study.study_name, version)
-        if key not in self._refit_cache:
-            from optuna_quicktune.surrogate.training import fine_tune
+        base = self.surrogate
+        if self.refit:
+            # Fine-tune after refit_every finished trials, then each time their number doubles:
+            # each fine-tuning sees at least twice the data of the previous one, and a long study
+            # pays for O(log n) fine-tunings, not O(n). Conditioning keeps the copy current between.
+            finished = sum(1 for v in state.trials.values() if v.state in (TrialState.COMPLETE, TrialState.PRUNED))
+            version = 0 if finished < self.refit_every else int(math.floor(math.log2(finished / self.refit_every))) + 1
+            if version > 0:
+                key = (study.study_name, version)
+                if key not in self._refit_cache:
+                    from optuna_quicktune.surrogate.training import fine_tune
 
-            md = _study_metadataset(study, state, self.space, mf, fmax, sign)
-            self._refit_cache[key] = fine_tune(
-                self.surrogate, md, steps=self.refit_steps, seed=self._seed(study) + version
-            )
-        return self._refit_cache[key]
+                    md = _study_metadataset(study, state, self.space, mf, fmax, sign)
+                    tuned = fine_tune(self.surrogate, md, steps=self.refit_steps, seed=self._seed(study) + version)
+                    if self.condition:
+                        # Condition like the zero-shot view (meta context + finished runs, below)
+                        # rather than on fine_tune's sample of the study: one conditioning set, and
+                        # a context that does not double with every fine-tuning.
+                        base_ctx = self.surrogate.performance
+                        assert base_ctx.context is not None and base_ctx.context_y is not None
+                        tuned.performance.set_context(base_ctx.context, base_ctx.context_y)
+                    self._refit_cache[key] = tuned
+                base = self._refit_cache[key]
+        return self._conditioned_model(study, state, mf, fmax, sign, base) if self.condition else base
 
     def _conditioned_model(
-        self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float
+        self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float,
+        base: QuickTuneSurrogate,
     ) -> QuickTuneSurrogate:
-        """The pretrained surrogate with the study's finished chains added to its GP context.
+        """``base`` with the study's finished chains added to its GP context (weights unchanged).
 
         One point per chain (a trial and the trials that resumed it): its configuration, no
         prefix, its last reported fidelity and score. Running trials are left out, so the view
@@ -363,11 +378,10 @@ class QuickTuneSampler(BaseSampler):
             if n not in continued and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self._contains(v.config_id, v.params)
         ]
         if not ends:
-            return self.surrogate
-        key = (study.study_name, fmax, sign, tuple(sorted((mf or {}).items())), tuple((v.number, len(v.prefix)) for v in ends))
+            return base
+        key = (_token(base), study.study_name, fmax, sign, tuple(sorted((mf or {}).items())), tuple((v.number, len(v.prefix)) for v in ends))
         hit = self._conditioned.pop(key, None)
         if hit is None:
-            base = self.surrogate
             X = self.space.encode_many([v.params for v in ends])
             lengths = np.array([min(len(v.prefix), fmax) for v in ends])
             b = base.batch(X, None, lengths, fidelity_max=fmax, metafeatures=mf, sign=sign)

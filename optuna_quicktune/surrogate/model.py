@@ -190,10 +190,15 @@ class QuickTuneSurrogate:
         if prefixes is not None:
             if len(prefixes) != q:
                 raise ValueError(f"Got {len(prefixes)} prefixes for {q} candidates.")
+            raw = np.zeros((q, F))
             for i, p in enumerate(prefixes):
-                p = np.asarray(p, dtype=np.float64)[:F]
-                lengths[i] = p.shape[0]
-                prefix_z[i, : p.shape[0]] = self.prep.z(p, sign)
+                if len(p):
+                    p = np.asarray(p, dtype=np.float64)[:F]
+                    lengths[i] = p.shape[0]
+                    raw[i, : p.shape[0]] = p
+            if lengths.any():
+                # z is elementwise; entries beyond a row's length are masked out by Batch.build.
+                prefix_z = np.where(np.arange(F)[None, :] < lengths[:, None], self.prep.z(raw, sign), 0.0)
         target_arr = np.broadcast_to(np.asarray(target, dtype=np.float64), (q,))
         mf_u = np.broadcast_to(self.prep.metafeatures(metafeatures), (q, len(self.prep.metafeature_names)))
         return Batch.build(X, prefix_z, lengths, target_arr, np.full(q, float(fidelity_max)), mf_u, F)
