@@ -203,17 +203,32 @@ def test_sigkilled_worker_leaves_a_study_that_resumes(family, surrogate, surroga
     url = f"sqlite:///{db}"
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
     optuna.create_study(storage=storage, study_name="hb", direction="maximize")
-    proc = _spawn(f"heartbeat:{url}", "hb", surrogate_dir, 1000, sleep=0.05)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        s = optuna.load_study(study_name="hb", storage=storage)
-        done = s.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-        running = s.get_trials(states=(TrialState.RUNNING,))
-        if len(done) >= 3 and running and running[0].intermediate_values:
+    killed: set[int] = set()
+    cleared: set[int] = set()
+    for _ in range(3):
+        # Kill a worker in the middle of a run. On a loaded machine the run may end (or the next one
+        # start, before its first heartbeat) between the check and the signal; such an attempt is
+        # cleared and repeated, so that the test always checks a run killed mid-way.
+        proc = _spawn(f"heartbeat:{url}", "hb", surrogate_dir, 1000, sleep=0.05)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            s = optuna.load_study(study_name="hb", storage=storage)
+            done = s.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+            running = s.get_trials(states=(TrialState.RUNNING,))
+            if len(done) >= 3 and running and 1 <= len(running[0].intermediate_values) <= 5:
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        left = optuna.load_study(study_name="hb", storage=storage).get_trials(states=(TrialState.RUNNING,))
+        if len(left) == 1 and left[0].intermediate_values:
+            killed = {left[0].number}
             break
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+        for t in left:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            cleared.add(t.number)
+    assert killed, "no attempt killed a worker in the middle of a run"
+    s = optuna.load_study(study_name="hb", storage=storage)
     before = {t.number: (t.state, t.value) for t in s.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))}
     assert len(before) >= 3
     time.sleep(3)
@@ -225,7 +240,7 @@ def test_sigkilled_worker_leaves_a_study_that_resumes(family, surrogate, surroga
     after = {t.number: (t.state, t.value) for t in study.get_trials()}
     for number, record in before.items():
         assert after[number] == record
-    assert len([t for t in study.get_trials() if t.state == TrialState.FAIL]) == 1
+    assert {t.number for t in study.get_trials() if t.state == TrialState.FAIL} == killed | cleared
 
 
 def test_threads_share_an_in_memory_study(family, surrogate):
