@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                n_candidates=100 if args.smoke else 1000)
     best = trainer.hyperparameter_search(
         direction="minimize", backend="optuna", hp_space=hp_space, n_trials=args.trials,
-        sampler=sampler, pruner=QuickTunePruner(sampler), storage=storage, study_name=study_name, load_if_exists=True,
+        # n_startup_trials=1: hyperparameter_search reads study.best_trial, so one run must finish.
+        sampler=sampler, pruner=QuickTunePruner(sampler, n_startup_trials=1), storage=storage, study_name=study_name,
+        load_if_exists=True,
     )
     study = optuna.load_study(study_name=study_name, storage=storage)
     try:

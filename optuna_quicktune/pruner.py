@@ -31,21 +31,34 @@ class QuickTunePruner(BasePruner):
         margin: Relative advantage the alternative must have before this trial is stopped; a larger
             margin stops fewer runs.
         min_steps: Fidelities a trial (chain) must have reported before it can be stopped.
+        n_startup_trials: Trials that must have finished (``COMPLETE``) before any trial is stopped.
+            Set it to 1 where the caller needs a best trial, e.g. ``Trainer.hyperparameter_search``,
+            which reads ``study.best_trial`` and cannot resume a paused run. The default 0 trusts
+            the transfer prior from the first run on.
     """
 
-    def __init__(self, sampler: QuickTuneSampler, *, margin: float = 0.1, min_steps: int = 1) -> None:
+    def __init__(
+        self, sampler: QuickTuneSampler, *, margin: float = 0.1, min_steps: int = 1, n_startup_trials: int = 0
+    ) -> None:
         if not isinstance(sampler, QuickTuneSampler):
             raise TypeError("QuickTunePruner needs the study's QuickTuneSampler: QuickTunePruner(sampler).")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}.")
         if min_steps < 1:
             raise ValueError(f"min_steps must be >= 1, got {min_steps}.")
+        if n_startup_trials < 0:
+            raise ValueError(f"n_startup_trials must be >= 0, got {n_startup_trials}.")
         self.sampler = sampler
+        self.n_startup_trials = int(n_startup_trials)
         self.margin = float(margin)
         self.min_steps = int(min_steps)
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         if not trial.intermediate_values:
+            return False
+        if self.n_startup_trials and len(
+            study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        ) < self.n_startup_trials:
             return False
         ctx = self.sampler._context(study)  # noqa: SLF001 - one object, split in two for Optuna's API
         view = ctx.state.trials.get(trial.number)
