@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
@@ -382,6 +381,8 @@ class QuickTuneSampler(BaseSampler):
         key = (_token(base), study.study_name, fmax, sign, tuple(sorted((mf or {}).items())), tuple((v.number, len(v.prefix)) for v in ends))
         hit = self._conditioned.pop(key, None)
         if hit is None:
+            import torch  # lazy, like the surrogate package
+
             X = self.space.encode_many([v.params for v in ends])
             lengths = np.array([min(len(v.prefix), fmax) for v in ends])
             b = base.batch(X, None, lengths, fidelity_max=fmax, metafeatures=mf, sign=sign)
