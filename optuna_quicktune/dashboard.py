@@ -106,7 +106,7 @@ def predicted_vs_observed_figure(study: optuna.Study) -> "go.Figure":
         g["text"].append(
             f"trial {t.number} ({rec.get('source', '?')})<br>predicted {float(rec['mean']):.4g} ± "
             f"{float(rec.get('std', 0.0)):.3g}<br>observed {observed:.4g} at step {step}"
-            + (f"<br>continues trial {t.user_attrs[contract.RESUME_OF]}" if contract.RESUME_OF in t.user_attrs else "")
+            + (f"<br>continues trial {t.user_attrs[contract.RESUME_OF]}" if t.user_attrs.get(contract.RESUME_OF) is not None else "")
         )
     fig = go.Figure()
     style = {"completed": ("circle", "#1f77b4"), "paused": ("circle-open", "#ff7f0e"),
