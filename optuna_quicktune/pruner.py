@@ -56,11 +56,11 @@ class QuickTunePruner(BasePruner):
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         if not trial.intermediate_values:
             return False
-        if self.n_startup_trials and len(
-            study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        ) < self.n_startup_trials:
-            return False
         ctx = self.sampler._context(study)  # noqa: SLF001 - one object, split in two for Optuna's API
+        if self.n_startup_trials and sum(
+            v.state == optuna.trial.TrialState.COMPLETE for v in ctx.state.trials.values()
+        ) < self.n_startup_trials:
+            return False  # counted on the state the sampler already read: no second storage query
         view = ctx.state.trials.get(trial.number)
         reached = len(view.prefix) if view is not None else len(trial.intermediate_values)
         if reached < self.min_steps or reached >= ctx.fidelity_max:

@@ -29,29 +29,21 @@ __all__ = ["returned_test_scores", "format_table"]
 TEST_SCORE = "quicktune.test_score"
 
 
-def _runs_by_value(storage: str) -> tuple[dict[str, list[tuple[list[float], float]]], dict[str, float], dict[str, str]]:
-    """Per study: (curve, test score) of each complete run; the zero-shot test score; the direction."""
+def _stored_runs(storage: str) -> tuple[dict[str, list[tuple[list[float], float]]], dict[str, str]]:
+    """Per study: (curve, test score) of each complete run, and the direction."""
     import optuna
 
-    from trl_objectives.collect import ZERO_SHOT
-
     runs: dict[str, list[tuple[list[float], float]]] = {}
-    zero: dict[str, float] = {}
     direction: dict[str, str] = {}
     for name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
-        task = study.user_attrs.get("quicktune.task") or {}
-        metric = task.get("metric")
-        direction[name] = task.get("direction", "maximize")
+        direction[name] = (study.user_attrs.get("quicktune.task") or {}).get("direction", "maximize")
         runs[name] = [
             ([float(v) for _, v in sorted(t.intermediate_values.items())], float(t.user_attrs[TEST_SCORE]))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if TEST_SCORE in t.user_attrs
         ]
-        zs = (study.user_attrs.get(ZERO_SHOT) or {}).get("test", {})
-        if metric in zs:
-            zero[name] = float(zs[metric])
-    return runs, zero, direction
+    return runs, direction
 
 
 def returned_test_scores(results: str | Path, storage: str) -> dict[str, dict[str, float]]:
@@ -61,7 +53,10 @@ def returned_test_scores(results: str | Path, storage: str) -> dict[str, dict[st
     best validation value matches no stored complete run (it came from a stopped run only) is left
     out of the mean.
     """
-    runs, zero, direction = _runs_by_value(storage)
+    from optuna_quicktune.benchmark.scenarios import zero_shot_from_storage
+
+    runs, direction = _stored_runs(storage)
+    zero = zero_shot_from_storage(storage, list(runs), split="test")
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for line in Path(results, "runs.jsonl").read_text().splitlines():
         r = json.loads(line)
