@@ -6,19 +6,24 @@ study could take instead (a new configuration or a paused one). The trial is pru
 
     score(continue) * (1 + margin) < score(best alternative)
 
-and at least ``min_steps`` fidelities were reported. If the objective saves a checkpoint before
+and at least ``min_steps`` fidelities were reported. With ``keep_leader`` a run whose score at
+its current fidelity is at least every other run's score there (or at that run's last fidelity, if
+it stopped earlier) is never stopped, as in successive halving, where the top of each rung is
+promoted. If the objective saves a checkpoint before
 raising ``TrialPruned`` (``quicktune.checkpoint``), the sampler marks the trial
 ``quicktune.paused`` and may resume it later: pruning becomes freeze-thaw.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from optuna_quicktune.sampler import QuickTuneSampler
+from optuna_quicktune.study_state import StudyState, TrialView
 
 __all__ = ["QuickTunePruner"]
 
@@ -35,10 +40,23 @@ class QuickTunePruner(BasePruner):
             Set it to 1 where the caller needs a best trial, e.g. ``Trainer.hyperparameter_search``,
             which reads ``study.best_trial`` and cannot resume a paused run. The default 0 trusts
             the transfer prior from the first run on.
+        keep_leader: Never stop a run that leads at its fidelity: its score there is at least every
+            other run's score at that fidelity, or at the other run's last fidelity if it stopped
+            earlier (and there is at least one other run). Why: when the
+            zero-shot surrogate is wrong about a task, fresh candidates keep a high uncertainty
+            at the final fidelity, win the comparison, and every run is stopped after one or two
+            steps, so the budget goes into low-fidelity exploration and no run finishes. The
+            leader's curve is the evidence the prior lacks.
     """
 
     def __init__(
-        self, sampler: QuickTuneSampler, *, margin: float = 0.1, min_steps: int = 1, n_startup_trials: int = 0
+        self,
+        sampler: QuickTuneSampler,
+        *,
+        margin: float = 0.1,
+        min_steps: int = 1,
+        n_startup_trials: int = 0,
+        keep_leader: bool = False,
     ) -> None:
         if not isinstance(sampler, QuickTuneSampler):
             raise TypeError("QuickTunePruner needs the study's QuickTuneSampler: QuickTunePruner(sampler).")
@@ -52,6 +70,7 @@ class QuickTunePruner(BasePruner):
         self.n_startup_trials = int(n_startup_trials)
         self.margin = float(margin)
         self.min_steps = int(min_steps)
+        self.keep_leader = bool(keep_leader)
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         if not trial.intermediate_values:
@@ -64,6 +83,8 @@ class QuickTunePruner(BasePruner):
         view = ctx.state.trials.get(trial.number)
         reached = len(view.prefix) if view is not None else len(trial.intermediate_values)
         if reached < self.min_steps or reached >= ctx.fidelity_max:
+            return False
+        if self.keep_leader and view is not None and _leads(ctx.state, view, reached, ctx.sign):
             return False
         mine = self.sampler.continuation_score(study, trial, ctx=ctx)
         if mine is None:
@@ -79,3 +100,23 @@ class QuickTunePruner(BasePruner):
                 f"{alternatives[0].kind} {alternatives[0].config_id}={best:.4g})."
             )
         return decision
+
+
+def _leads(state: StudyState, view: TrialView, step: int, sign: float) -> bool:
+    """Whether ``view``'s chain leads at ``step``: no other run did better there or on its way there.
+
+    Each other chain is compared at ``step`` if it got there, else at its last step (a run that has
+    reached further than everyone else leads while it stays ahead of what the others showed). The
+    trials that ``view`` continues (its ancestors) share its curve and are not "other" runs.
+    """
+    chain, n = set(), view.number
+    while n is not None and n not in chain:
+        chain.add(n)
+        n = state.trials[n].resume_of if n in state.trials else None
+    mine = sign * float(view.prefix[step - 1])
+    others = [
+        sign * float(v.prefix[min(step, len(v.prefix)) - 1]) for k, v in state.trials.items()
+        if k not in chain and len(v.prefix) > 0
+    ]
+    others = [o for o in others if np.isfinite(o)]
+    return bool(others) and np.isfinite(mine) and mine >= max(others)

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optuna_quicktune import QuickTunePruner, QuickTuneSampler
+from optuna_quicktune import QuickTunePruner, QuickTuneSampler, contract
 from optuna_quicktune.simulate import SimulatedObjective
 from tests.conftest import HELD_OUT
 
@@ -41,3 +41,54 @@ def test_bad_startup_count_is_refused(family, surrogate):
     sampler = QuickTuneSampler(surrogate, metafeatures=family.tasks[HELD_OUT].metafeatures, seed=0)
     with pytest.raises(ValueError, match="n_startup_trials"):
         QuickTunePruner(sampler, n_startup_trials=-1)
+
+
+def _curves(trials):
+    """Each trial's curve as {global step: value}, a continuation's including its parents' steps."""
+    out = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        parent = t.user_attrs.get(contract.RESUME_OF)
+        out[t.number] = {**(out.get(parent, {}) if parent is not None else {}), **t.intermediate_values}
+    return out
+
+
+def _chain(trials, number):
+    by_number = {t.number: t for t in trials}
+    chain = set()
+    while number is not None and number not in chain:
+        chain.add(number)
+        number = by_number[number].user_attrs.get(contract.RESUME_OF)
+    return chain
+
+
+def test_keep_leader_never_stops_the_leading_run(family, surrogate):
+    task = family.tasks[HELD_OUT]
+    sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0)
+    pruner = QuickTunePruner(sampler, margin=0.0, keep_leader=True)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study.optimize(SimulatedObjective(task), n_trials=12)
+    trials = study.get_trials(deepcopy=False)
+    curves = _curves(trials)
+    stopped = [t for t in trials if t.state == TrialState.PRUNED]
+    assert stopped, "margin=0 on this task stops runs (see test_no_run_is_stopped_before_the_first_one_finished)"
+    for t in stopped:
+        step = max(curves[t.number])
+        mine = curves[t.number][step]
+        # Runs are sequential here: when t was stopped, the other runs were the earlier trials.
+        others = [
+            c[min(step, max(c))] for n, c in curves.items()
+            if n < t.number and c and n not in _chain(trials, t.number)
+        ]
+        # The first run has nobody to lead: the transfer prior alone may stop it.
+        assert not others or mine < max(others), (t.number, step, mine, others)
+    assert any(t.number > 0 for t in stopped)
+    # Without the rule the same study stops the runs that lead: the option changes decisions.
+    plain = _study(family, surrogate, n_startup_trials=0)
+    assert max(len(_curves(study.trials)[t.number]) for t in study.trials) > max(
+        len(_curves(plain.trials)[t.number]) for t in plain.trials
+    )
+
+
+def test_keep_leader_is_off_by_default(family, surrogate):
+    sampler = QuickTuneSampler(surrogate, metafeatures=family.tasks[HELD_OUT].metafeatures, seed=0)
+    assert QuickTunePruner(sampler).keep_leader is False

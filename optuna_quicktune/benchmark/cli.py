@@ -65,6 +65,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--top-k-first", type=int, default=32, help="configurations of each one-step round of top-k-1step")
     p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's; a LoRA storage defaults to DEFAULT_LORA_CONFIG)")
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
+    p.add_argument("--pruner-kwargs", default="{}", help="JSON of extra QuickTunePruner arguments (quicktune methods)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--out", default="results/bench", help="results folder (meta-training is cached in OUT/cache)")
     p.add_argument("--resume", action="store_true", help="keep the runs already in OUT/runs.jsonl (same settings) and run only the missing ones")
@@ -148,7 +149,8 @@ def run_bench(args: argparse.Namespace) -> int:
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
         portfolio_size=args.portfolio_size, portfolio_candidates=args.portfolio_candidates, top_k_first=args.top_k_first, jobs=args.jobs,
-        quicktune_kwargs=json.loads(args.quicktune_kwargs), progress=not args.no_progress, resume=args.resume,
+        quicktune_kwargs=json.loads(args.quicktune_kwargs),
+        pruner_kwargs=json.loads(args.pruner_kwargs), progress=not args.no_progress, resume=args.resume,
     )
     result = run_benchmark(scenario, cfg, args.out)
     summary = result["summary"]["methods"]

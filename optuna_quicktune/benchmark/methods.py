@@ -54,6 +54,7 @@ class MethodContext:
     oracle: tuple[dict[str, Any], int] | None = None  # (config, step of its best score)
     top_k_first: int = 32
     quicktune_kwargs: dict[str, Any] = field(default_factory=dict)
+    pruner_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _study(session: Session, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None, name: str) -> optuna.Study:
@@ -115,7 +116,7 @@ def _run_quicktune(session: Session, ctx: MethodContext, refit: bool) -> None:
         sampler = QuickTuneSampler(
             surrogate, metafeatures=mf, fidelity_max=session.L, seed=ctx.seed, refit=refit, **ctx.quicktune_kwargs
         )
-    pruner = QuickTunePruner(sampler)
+    pruner = QuickTunePruner(sampler, **ctx.pruner_kwargs)
     _optimize(session, _study(session, sampler, pruner, "quicktune-refit" if refit else "quicktune"), pausable=True)
 
 

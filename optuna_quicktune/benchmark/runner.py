@@ -60,6 +60,7 @@ class BenchConfig:
     max_trials: int = 5000
     jobs: int = 2
     quicktune_kwargs: dict[str, Any] = field(default_factory=dict)
+    pruner_kwargs: dict[str, Any] = field(default_factory=dict)  # QuickTunePruner arguments
     progress: bool = True
     audit: bool = False  # keep a ledger of every charge in each run's record (for tests)
     resume: bool = False  # keep the runs already in <out>/runs.jsonl (same settings), run the rest
@@ -238,6 +239,7 @@ def _run_unit(unit: tuple[str, int, str]) -> dict[str, Any]:
         oracle=(ref.oracle_config, ref.oracle_step),
         top_k_first=cfg.top_k_first,
         quicktune_kwargs=dict(cfg.quicktune_kwargs),
+        pruner_kwargs=dict(cfg.pruner_kwargs),
     )
     session = Session(scenario, task, ref.budget, max_trials=cfg.max_trials, audit=cfg.audit)
     error = None
@@ -259,6 +261,8 @@ def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
     own: list[Any] = []
     if method.startswith("quicktune"):
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs]
+        if cfg.pruner_kwargs:  # only when set, so records made before this option stay valid
+            own.append(cfg.pruner_kwargs)
     elif method == "portfolio":
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size, cfg.portfolio_candidates]
     elif method == "top-k-1step":
