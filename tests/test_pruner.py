@@ -13,12 +13,12 @@ from optuna_quicktune.simulate import SimulatedObjective
 from tests.conftest import HELD_OUT
 
 
-def _study(family, surrogate, n_startup_trials):
+def _study(family, surrogate, n_startup_trials, keep_leader=False):
     task = family.tasks[HELD_OUT]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0)
-    pruner = QuickTunePruner(sampler, margin=0.0, n_startup_trials=n_startup_trials)
+    pruner = QuickTunePruner(sampler, margin=0.0, n_startup_trials=n_startup_trials, keep_leader=keep_leader)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.optimize(SimulatedObjective(task), n_trials=4)
     return study
@@ -64,8 +64,7 @@ def _chain(trials, number):
 def test_keep_leader_never_stops_the_leading_run(family, surrogate):
     task = family.tasks[HELD_OUT]
     sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0)
-    pruner = QuickTunePruner(sampler, margin=0.0, keep_leader=True)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=QuickTunePruner(sampler, margin=0.0))
     study.optimize(SimulatedObjective(task), n_trials=12)
     trials = study.get_trials(deepcopy=False)
     curves = _curves(trials)
@@ -83,12 +82,13 @@ def test_keep_leader_never_stops_the_leading_run(family, surrogate):
         assert not others or mine < max(others), (t.number, step, mine, others)
     assert any(t.number > 0 for t in stopped)
     # Without the rule the same study stops the runs that lead: the option changes decisions.
-    plain = _study(family, surrogate, n_startup_trials=0)
+    plain = _study(family, surrogate, n_startup_trials=0, keep_leader=False)
     assert max(len(_curves(study.trials)[t.number]) for t in study.trials) > max(
         len(_curves(plain.trials)[t.number]) for t in plain.trials
     )
 
 
-def test_keep_leader_is_off_by_default(family, surrogate):
+def test_keep_leader_is_the_default(family, surrogate):
     sampler = QuickTuneSampler(surrogate, metafeatures=family.tasks[HELD_OUT].metafeatures, seed=0)
-    assert QuickTunePruner(sampler).keep_leader is False
+    assert QuickTunePruner(sampler).keep_leader is True
+    assert QuickTunePruner(sampler, keep_leader=False).keep_leader is False
