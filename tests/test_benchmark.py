@@ -155,6 +155,13 @@ def test_smoke_simulated_table(tmp_path, sim_scenario):
     assert [r["final_regret"] for r in again["runs"]] == [
         r["final_regret"] for r in result["runs"] if r["method"] in ("quicktune", "oracle")
     ]
+    # --pruner-kwargs reach QuickTunePruner (and make a new run key): with min_steps beyond the
+    # fidelity nothing is stopped, so every trial but one the budget cut short is a full run.
+    unpruned = run_benchmark(sim_scenario, BenchConfig(**{**cfg.__dict__, "methods": ["quicktune"], "resume": True,
+                                                          "pruner_kwargs": {"min_steps": 10**6}}), tmp_path)
+    assert len(unpruned["runs"]) == len(sim_scenario.tasks)
+    for r in unpruned["runs"]:
+        assert r["error"] is None and r["n_trials"] >= 2 and r["full_runs"] >= r["n_trials"] - 1, r
 
 
 @needs_lcbench
