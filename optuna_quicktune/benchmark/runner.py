@@ -254,13 +254,33 @@ def _run_unit(unit: tuple[str, int, str]) -> dict[str, Any]:
     return record
 
 
+def _quicktune_defaults() -> dict[str, Any]:
+    """The package version and the sampler's and pruner's default arguments.
+
+    Part of QuickTune's run key, so that ``--resume`` does not reuse records made before a default
+    changed (e.g. ``QuickTunePruner(keep_leader=...)``) as if the current code had made them.
+    """
+    import inspect
+
+    from optuna_quicktune import __version__
+    from optuna_quicktune.pruner import QuickTunePruner
+    from optuna_quicktune.sampler import QuickTuneSampler
+
+    out: dict[str, Any] = {"version": __version__}
+    for cls in (QuickTuneSampler, QuickTunePruner):
+        params = inspect.signature(cls.__init__).parameters.values()
+        out[cls.__name__] = {p.name: repr(p.default) for p in params if p.default is not inspect.Parameter.empty}
+    return out
+
+
 def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
     """What a method's recorded runs depend on: the scenario, the budget and its own settings."""
     common = [scenario.fingerprint(), scenario.default_config, cfg.budget_factor, cfg.n_reference,
               cfg.reference_seed, cfg.max_trials, cfg.audit]
     own: list[Any] = []
     if method.startswith("quicktune"):
-        own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs]
+        own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs,
+               _quicktune_defaults()]
         if cfg.pruner_kwargs:  # only when set, so records made before this option stay valid
             own.append(cfg.pruner_kwargs)
     elif method == "portfolio":
