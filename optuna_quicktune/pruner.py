@@ -16,14 +16,12 @@ raising ``TrialPruned`` (``quicktune.checkpoint``), the sampler marks the trial
 
 from __future__ import annotations
 
-import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from optuna_quicktune.sampler import QuickTuneSampler
-from optuna_quicktune.study_state import StudyState, TrialView
 
 __all__ = ["QuickTunePruner"]
 
@@ -86,7 +84,7 @@ class QuickTunePruner(BasePruner):
         reached = len(view.prefix) if view is not None else len(trial.intermediate_values)
         if reached < self.min_steps or reached >= ctx.fidelity_max:
             return False
-        if self.keep_leader and view is not None and _leads(ctx.state, view, reached, ctx.sign):
+        if self.keep_leader and view is not None and ctx.state.leads(view.number, reached, ctx.sign):
             return False
         mine = self.sampler.continuation_score(study, trial, ctx=ctx)
         if mine is None:
@@ -103,22 +101,3 @@ class QuickTunePruner(BasePruner):
             )
         return decision
 
-
-def _leads(state: StudyState, view: TrialView, step: int, sign: float) -> bool:
-    """Whether ``view``'s chain leads at ``step``: no other run did better there or on its way there.
-
-    Each other chain is compared at ``step`` if it got there, else at its last step (a run that has
-    reached further than everyone else leads while it stays ahead of what the others showed). The
-    trials that ``view`` continues (its ancestors) share its curve and are not "other" runs.
-    """
-    chain, n = set(), view.number
-    while n is not None and n not in chain:
-        chain.add(n)
-        n = state.trials[n].resume_of if n in state.trials else None
-    mine = sign * float(view.prefix[step - 1])
-    others = [
-        sign * float(v.prefix[min(step, len(v.prefix)) - 1]) for k, v in state.trials.items()
-        if k not in chain and len(v.prefix) > 0
-    ]
-    others = [o for o in others if np.isfinite(o)]
-    return bool(others) and np.isfinite(mine) and mine >= max(others)

@@ -109,6 +109,26 @@ class StudyState:
                 return self.best_at[b]
         return -np.inf
 
+    def leads(self, number: int, step: int, sign: float) -> bool:
+        """Whether trial ``number``'s chain leads at ``step``: no other run did better there or on its way.
+
+        Each other chain is compared at ``step`` if it got there, else at its last step (a run that
+        has reached further than everyone else leads while it stays ahead of what the others
+        showed). The trials ``number`` continues (its ancestors) share its curve and are not
+        "other" runs. False when there is no other run to compare with.
+        """
+        chain, n = set(), number
+        while n is not None and n not in chain:
+            chain.add(n)
+            n = self.trials[n].resume_of if n in self.trials else None
+        mine = sign * float(self.trials[number].prefix[step - 1])
+        others = [
+            sign * float(v.prefix[min(step, len(v.prefix)) - 1]) for k, v in self.trials.items()
+            if k not in chain and len(v.prefix) > 0
+        ]
+        others = [o for o in others if np.isfinite(o)]
+        return bool(others) and bool(np.isfinite(mine)) and mine >= max(others)
+
     def conflicting(self, number: int, config_id: str, resume_of: int | None) -> bool:
         """Whether any other trial holds this configuration (or continues this parent).
 

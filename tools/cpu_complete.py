@@ -2,7 +2,7 @@
 
 Why: the shipped fact-QA collection was made on a lent GPU, and its costs (``quicktune.cost``) are
 GPU seconds. Runs that the GPU lease did not finish were completed later on the development CPU
-with ``quicktune collect`` on copies of the storage. Their raw CPU seconds would be tens of times
+with ``quicktune collect`` on copies of the storage. Their raw CPU seconds would be 5-12 times
 larger than the GPU costs beside them, and a cost surrogate or a replay clock would then think
 those configurations are expensive. Every such configuration already has a partial run on the GPU
 (stopped after 1-2 epochs), so the CPU run is converted with the ratio of the two measurements at
@@ -24,8 +24,8 @@ import json
 
 import optuna
 
-COST = "quicktune.cost"
-CONFIG_ID = "quicktune.config_id"
+from optuna_quicktune.contract import CONFIG_ID, COST
+from trl_objectives.collect import CONFIG_INDEX
 
 
 def _gpu_reference(study: optuna.Study, config_id: str) -> list[float] | None:
@@ -67,7 +67,7 @@ def complete(into: str, sources: list[str]) -> list[dict[str, object]]:
                     ))
                 target.add_trial(t)
                 added.append({"study": summary.study_name, "state": t.state.name,
-                              "config": t.user_attrs.get("quicktune.collect.index"), "cpu_cost": cpu,
+                              "config": t.user_attrs.get(CONFIG_INDEX), "cpu_cost": cpu,
                               "cost": t.user_attrs.get(COST)})
     return added
 

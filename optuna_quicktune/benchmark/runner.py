@@ -280,9 +280,7 @@ def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
     own: list[Any] = []
     if method.startswith("quicktune"):
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs,
-               _quicktune_defaults()]
-        if cfg.pruner_kwargs:  # only when set, so records made before this option stay valid
-            own.append(cfg.pruner_kwargs)
+               cfg.pruner_kwargs, _quicktune_defaults()]
     elif method == "portfolio":
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size, cfg.portfolio_candidates]
     elif method == "top-k-1step":
