@@ -243,3 +243,19 @@ def test_quicktune_run_key_follows_the_library_defaults(sim_scenario, monkeypatc
     after = {m: _run_key(sim_scenario, cfg, m) for m in ("quicktune", "quicktune-refit", "random")}
     assert after["quicktune"] != before["quicktune"] and after["quicktune-refit"] != before["quicktune-refit"]
     assert after["random"] == before["random"]
+
+
+def test_bad_sampler_or_pruner_arguments_are_refused_before_any_run():
+    from optuna_quicktune.benchmark.cli import _json_object
+
+    with pytest.raises(ValueError, match=r"pruner-kwargs.*keep_leadr.*keep_leader"):
+        BenchConfig(methods=["quicktune"], seeds=[0], pruner_kwargs={"keep_leadr": False}).validate()
+    with pytest.raises(ValueError, match=r"quicktune-kwargs.*'seed'"):  # the benchmark sets the seed itself
+        BenchConfig(methods=["quicktune"], seeds=[0], quicktune_kwargs={"seed": 3}).validate()
+    BenchConfig(methods=["quicktune"], seeds=[0], quicktune_kwargs={"n_candidates": 10},
+                pruner_kwargs={"keep_leader": False, "margin": 0.2}).validate()
+    with pytest.raises(ValueError, match="--pruner-kwargs is not valid JSON"):
+        _json_object("{bad", "--pruner-kwargs")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        _json_object("[1]", "--pruner-kwargs")
+    assert _json_object('{"margin": 0.2}', "--pruner-kwargs") == {"margin": 0.2}

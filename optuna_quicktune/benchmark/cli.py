@@ -129,6 +129,16 @@ def build_scenario(args: argparse.Namespace) -> Any:
     return sc.TableScenario(md, name=f"simulated-{args.simulated}", default_config=default or DEFAULT_LORA_CONFIG)
 
 
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{option} is not valid JSON ({e}); write e.g. {option} '{{\"margin\": 0.2}}'.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object of argument names and values, got {text!r}.")
+    return value
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from optuna_quicktune.benchmark.report import REPORT_FRACTIONS
     from optuna_quicktune.benchmark.runner import BenchConfig, run_benchmark
@@ -149,8 +159,8 @@ def run_bench(args: argparse.Namespace) -> int:
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
         portfolio_size=args.portfolio_size, portfolio_candidates=args.portfolio_candidates, top_k_first=args.top_k_first, jobs=args.jobs,
-        quicktune_kwargs=json.loads(args.quicktune_kwargs),
-        pruner_kwargs=json.loads(args.pruner_kwargs), progress=not args.no_progress, resume=args.resume,
+        quicktune_kwargs=_json_object(args.quicktune_kwargs, "--quicktune-kwargs"),
+        pruner_kwargs=_json_object(args.pruner_kwargs, "--pruner-kwargs"), progress=not args.no_progress, resume=args.resume,
     )
     result = run_benchmark(scenario, cfg, args.out)
     summary = result["summary"]["methods"]

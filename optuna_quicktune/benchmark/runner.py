@@ -75,6 +75,32 @@ class BenchConfig:
             raise ValueError("budget_factor must be > 0.")
         if self.jobs < 1:
             raise ValueError("jobs must be >= 1.")
+        # Checked here, not in each run: an unknown argument would otherwise fail every QuickTune
+        # run one by one, and the report would rank methods that never ran.
+        from optuna_quicktune.pruner import QuickTunePruner
+        from optuna_quicktune.sampler import QuickTuneSampler
+
+        for cls, given, option, fixed in (
+            (QuickTuneSampler, self.quicktune_kwargs, "quicktune_kwargs (--quicktune-kwargs)", _SAMPLER_SET_BY_BENCH),
+            (QuickTunePruner, self.pruner_kwargs, "pruner_kwargs (--pruner-kwargs)", {"sampler"}),
+        ):
+            allowed = set(_init_defaults(cls)) - fixed
+            bad = sorted(set(given) - allowed)
+            if bad:
+                raise ValueError(f"{option}: {cls.__name__} has no argument(s) {bad} that the benchmark lets you set; "
+                                 f"choose from {sorted(allowed)}.")
+
+
+#: QuickTuneSampler arguments the benchmark sets itself (the fold's surrogate, the task, the seed).
+_SAMPLER_SET_BY_BENCH = {"surrogate", "metafeatures", "fidelity_max", "seed", "refit"}
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    """The keyword arguments of ``cls.__init__`` that have defaults, with them."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def _hash(*parts: Any) -> str:
@@ -260,16 +286,13 @@ def _quicktune_defaults() -> dict[str, Any]:
     Part of QuickTune's run key, so that ``--resume`` does not reuse records made before a default
     changed (e.g. ``QuickTunePruner(keep_leader=...)``) as if the current code had made them.
     """
-    import inspect
-
     from optuna_quicktune import __version__
     from optuna_quicktune.pruner import QuickTunePruner
     from optuna_quicktune.sampler import QuickTuneSampler
 
     out: dict[str, Any] = {"version": __version__}
     for cls in (QuickTuneSampler, QuickTunePruner):
-        params = inspect.signature(cls.__init__).parameters.values()
-        out[cls.__name__] = {p.name: repr(p.default) for p in params if p.default is not inspect.Parameter.empty}
+        out[cls.__name__] = {k: repr(v) for k, v in _init_defaults(cls).items()}
     return out
 
 
