@@ -45,6 +45,7 @@ from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
+from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
 
 __all__ = ["QuickTuneSampler", "Action"]
 
@@ -102,6 +103,10 @@ class QuickTuneSampler(BaseSampler):
             point at its fidelity. What the study saw then moves the predictions of similar
             configurations; without it, the order of new configurations never changes. With
             ``refit``, the latest fine-tuned copy is conditioned the same way.
+        impute: ``None`` (default): a missing meta-feature is an error. ``"train_mean"``: missing or
+            non-finite meta-features are filled with the mean of the surrogate's meta-training
+            tasks (stored with it); the names are logged once and recorded in each trial's
+            ``quicktune.predicted`` (``imputed_metafeatures``).
         seed: Seed of the candidate pool and of fallbacks. ``None`` derives it from the study name,
             so that every worker of a study builds the same pool.
     """
@@ -119,6 +124,7 @@ class QuickTuneSampler(BaseSampler):
         refit_every: int = 5,
         refit_steps: int = 50,
         condition: bool = True,
+        impute: str | None = None,
         seed: int | None = None,
     ) -> None:
         warnings.warn(
@@ -142,7 +148,8 @@ class QuickTuneSampler(BaseSampler):
             raise ValueError(f"refit_every must be >= 1, got {refit_every}.")
         self.surrogate = surrogate
         self.space = surrogate.space
-        self.metafeatures = None if metafeatures is None else {str(k): float(v) for k, v in metafeatures.items()}
+        self._impute = MetafeatureImputer(surrogate.prep, impute)
+        self.metafeatures = None if metafeatures is None else self._impute({str(k): float(v) for k, v in metafeatures.items()})
         if self.metafeatures is not None:
             surrogate.prep.metafeatures(self.metafeatures)  # fail now, naming the bad names
         self.fidelity_max = fidelity_max
@@ -172,7 +179,9 @@ class QuickTuneSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return dict(self.space.distributions)
+        # Only names the objective declared with the surrogate's distribution (else Optuna would fail
+        # the trial); the rest, and the first trial's, are served by sample_independent.
+        return self.space.relative_space_for(self.space.declared(study.get_trials(deepcopy=False)))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -183,11 +192,14 @@ class QuickTuneSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        chosen = trial.system_attrs.get(_PARAMS_KEY) or {}
+        why = self.space.fallback_reason(param_name, param_distribution, chosen)
+        if why is None:
+            return chosen[param_name]  # the proposed value, for a parameter outside the relative space
         if param_name not in self._warned:
             self._warned.add(param_name)
             optuna.logging.get_logger(__name__).warning(
-                f"Parameter {param_name!r} ({param_distribution}) is not in the surrogate's space "
-                f"{self.space.name!r} (or has another range); it is sampled independently at random."
+                f"Parameter {param_name!r} {why}; it is sampled independently at random."
             )
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
@@ -316,13 +328,13 @@ class QuickTuneSampler(BaseSampler):
         mf = self.metafeatures
         if mf is None:
             raw = attrs.get(contract.METAFEATURES)
-            if raw is None and self.surrogate.metafeature_names:
+            if raw is None and self.surrogate.metafeature_names and self._impute.impute is None:
                 raise MetaFeatureError(
                     f"No meta-features for study {study.study_name!r}: pass metafeatures={{...}} to "
                     f"QuickTuneSampler or set the study's {contract.METAFEATURES!r} user attribute. The "
                     f"surrogate needs {self.surrogate.metafeature_names}."
                 )
-            mf = None if raw is None else {str(k): float(v) for k, v in raw.items()}
+            mf = self._impute(None if raw is None else {str(k): float(v) for k, v in raw.items()})
             if mf is not None:
                 self.surrogate.prep.metafeatures(mf)
         fmax = self.fidelity_max
@@ -518,13 +530,16 @@ class QuickTuneSampler(BaseSampler):
             )
         return out
 
-    def _prediction_record(self, ctx: _Context, params: dict[str, Any], prefix: np.ndarray) -> dict[str, float]:
+    def _prediction_record(self, ctx: _Context, params: dict[str, Any], prefix: np.ndarray) -> dict[str, Any]:
         s = ctx.surrogate
         x = self.space.encode(params)[None, :]
         mean, std = s.predict(x, [prefix], ctx.fidelity_max, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures, sign=ctx.sign)
         nxt = min(len(prefix) + 1, ctx.fidelity_max)
         cost = s.predict_cost(x, nxt, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures)
-        return {"mean": float(mean[0]), "std": float(std[0]), "cost": float(cost[0]), "fidelity": ctx.fidelity_max}
+        record: dict[str, Any] = {"mean": float(mean[0]), "std": float(std[0]), "cost": float(cost[0]), "fidelity": ctx.fidelity_max}
+        if self._impute.imputed(ctx.metafeatures):
+            record["imputed_metafeatures"] = self._impute.imputed(ctx.metafeatures)
+        return record
 
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, ctx: _Context) -> None:
         params = dict(action.config)

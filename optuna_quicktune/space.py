@@ -44,12 +44,16 @@ from optuna.distributions import (
 
 from optuna_quicktune.conditions import Condition, ConditionLike, active_names, infer_conditions, parse_conditions
 
-__all__ = ["SearchSpace", "Condition", "lora_space", "LORA_SPACE_NAME", "TARGET_MODULE_PRESETS"]
+__all__ = [
+    "SearchSpace", "Condition", "lora_space", "lora_conditional_space", "LORA_SPACE_NAME",
+    "LORA_CONDITIONAL_SPACE_NAME", "TARGET_MODULE_PRESETS",
+]
 
 #: Encoded value of an inactive float/int parameter (mid-range: no bound is favoured).
 INACTIVE_VALUE = 0.5
 
 LORA_SPACE_NAME = "lora-v1"
+LORA_CONDITIONAL_SPACE_NAME = "lora-optim-v1"
 
 #: What each ``target_modules`` choice of the LoRA space means, per architecture family.  Names
 #: cover Llama/Mistral/SmolLM (q_proj...) and Phi-3 (qkv_proj, gate_up_proj) module naming.
@@ -153,6 +157,25 @@ class SearchSpace:
         the independent sampler, so Optuna never sees two distributions for one name.
         """
         return {k: d for k, d in self.distributions.items() if k in declared and declared[k] == d}
+
+    def fallback_reason(self, name: str, dist: BaseDistribution, config: Mapping[str, Any]) -> str | None:
+        """Why a sampler cannot give ``name`` its value from ``config`` (``None``: it can)."""
+        ours = self.distributions.get(name)
+        if ours is None:
+            return f"is not in the surrogate's space {self.name!r}"
+        if ours != dist:
+            return f"is declared as {dist}, but the surrogate's space {self.name!r} has {ours}"
+        if name not in config:
+            return "is inactive in the proposed configuration (its condition does not hold there)"
+        return None
+
+    @staticmethod
+    def declared(trials: Iterable[Any]) -> dict[str, BaseDistribution]:
+        """What a study's objective declared so far: name -> distribution (the latest trial's wins)."""
+        out: dict[str, BaseDistribution] = {}
+        for t in trials:
+            out.update(t.distributions)
+        return out
 
     @classmethod
     def infer(
@@ -406,6 +429,28 @@ def lora_space() -> SearchSpace:
             "use_rslora": CategoricalDistribution([False, True]),
         },
         name=LORA_SPACE_NAME,
+    )
+
+
+def lora_conditional_space() -> SearchSpace:
+    """``lora-v1`` plus the optimizer, with Adam's own settings only when the optimizer is AdamW.
+
+    ``optim`` is the ``TrainingArguments.optim`` name: AdamW (the TRL default), Adafactor (no
+    second-moment matrix: less memory, often used for larger models) or plain SGD. ``adam_beta1``
+    and ``adam_beta2`` exist only for AdamW: Adafactor and SGD ignore them, and a surrogate that saw
+    them there would learn from noise. ``lora_space()`` is unchanged, so meta-datasets collected on
+    it stay valid; this is a second space with its own fingerprint.
+    """
+    base = lora_space().distributions
+    dists: dict[str, BaseDistribution] = {
+        **base,
+        "optim": CategoricalDistribution(["adamw_torch", "adafactor", "sgd"]),
+        "adam_beta1": FloatDistribution(0.8, 0.95),
+        "adam_beta2": FloatDistribution(0.95, 0.999),
+    }
+    adam_only = ("optim", ["adamw_torch"])
+    return SearchSpace(
+        dists, name=LORA_CONDITIONAL_SPACE_NAME, conditions={"adam_beta1": adam_only, "adam_beta2": adam_only}
     )
 
 
