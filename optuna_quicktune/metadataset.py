@@ -482,8 +482,11 @@ def _conditional_space(trials: Sequence[FrozenTrial], name: str) -> SearchSpace 
 def _trial_piece(t: FrozenTrial, space: SearchSpace, task: Task) -> tuple[str | None, Any]:
     if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         return f"state {t.state.name}", None
-    if set(t.distributions) != set(space.active(t.params)) or any(
-        t.distributions[k] != space.distributions[k] for k in t.distributions
+    # Every active parameter, with the space's distribution; a parameter the space says is inactive
+    # for this configuration may also be declared (an objective that always suggests it): ignored.
+    declared = set(t.distributions)
+    if not set(space.active(t.params)) <= declared <= set(space.distributions) or any(
+        t.distributions[k] != space.distributions[k] for k in declared
     ):
         return "parameters differ from the study's search space", None
     steps = sorted(t.intermediate_values)
@@ -567,7 +570,7 @@ def _stitch(trials: Sequence[FrozenTrial], space: SearchSpace, task: Task) -> li
                 _logger.info("Task %r: trial %d has no step 1; skipped.", task.name, t.number)
                 continue
             values, cost = values[:contiguous], cost[:contiguous]
-        runs.append(Run(task=0, config=dict(t.params), curve=values, cost=cost, trials=tuple(chain)))
+        runs.append(Run(task=0, config=space.project(t.params), curve=values, cost=cost, trials=tuple(chain)))
     return runs
 
 
