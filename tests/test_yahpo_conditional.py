@@ -68,3 +68,86 @@ def test_bad_constants_are_refused_with_what_to_do():
     cfg = {"cp": 0.001, "minbucket": 1, "minsplit": 2}
     assert sc.curves("182", [cfg]).values[0, -1] == pytest.approx(
         deep.curves("182", [{**cfg, "maxdepth": 3, "num.impute.selected.cpo": "impute.hist"}]).values[0, -1])
+
+
+# ---------------------------------------------------------------------- conditional scenarios
+from tests.tiny_onnx import TINY_CAT, TINY_CONT, TINY_Y, write_conditional_scenario  # noqa: E402
+
+
+def _echo(out: np.ndarray, name: str) -> np.ndarray:
+    return out[..., TINY_Y.index(f"echo.{name}")]
+
+
+def test_configspace_conditions_are_read_parents_first():
+    from optuna_quicktune.benchmark.configspace import configspace_to_space
+
+    cs = {"hyperparameters": [
+        {"name": "a", "type": "uniform_float", "lower": 0.0, "upper": 1.0},
+        {"name": "b", "type": "uniform_int", "lower": 1, "upper": 4},
+        {"name": "c", "type": "uniform_float", "lower": 0.0, "upper": 1.0},
+        {"name": "p", "type": "categorical", "choices": ["x", "y", "z"]},
+    ], "conditions": [
+        {"type": "OR", "conditions": [{"child": "a", "parent": "p", "type": "EQ", "value": "x"},
+                                      {"child": "a", "parent": "p", "type": "IN", "values": ["y"]}]},
+        {"type": "AND", "conditions": [{"child": "c", "parent": "p", "type": "NE", "value": "x"},
+                                       {"child": "c", "parent": "p", "type": "NE", "value": "y"}]},
+    ]}
+    space, _, _ = configspace_to_space(cs)
+    assert space.names == ["p", "a", "b", "c"]  # the parent moved before its children
+    assert space.conditions["a"].values == ("x", "y") and space.conditions["c"].values == ("z",)
+    gt = {**cs, "conditions": [{"child": "a", "parent": "b", "type": "GT", "value": 2}]}
+    with pytest.raises(ValueError, match="Supported conditions: EQ, IN, NE"):
+        configspace_to_space(gt)
+    two_parents = {**cs, "conditions": [{"type": "AND", "conditions": [
+        {"child": "a", "parent": "p", "type": "EQ", "value": "x"}, {"child": "a", "parent": "b", "type": "EQ", "value": 2}]}]}
+    with pytest.raises(ValueError, match="does not support"):
+        configspace_to_space(two_parents)
+    with pytest.raises(ValueError, match="hold the child constant too"):
+        configspace_to_space({**cs, "conditions": cs["conditions"][:1]}, exclude=["p"])
+
+
+def test_conditional_scenario_sends_inactive_inputs_as_yahpo_does(tmp_path):
+    folder = write_conditional_scenario(tmp_path / "tiny")
+    sc = YahpoScenario(folder)
+    assert sc.space.names == ["kind", "depth", "drop_rate", "eta", "sample_type", "weight_cap"]  # parents first
+    assert sc.space.conditions["depth"].values == ("tree", "dart")  # NE linear
+    assert sc.space.conditions["weight_cap"].parent == "sample_type"  # a chain
+    assert sc.constants == {"replicate": 3} and (sc.metric, sc.cost_mode) == ("acc", "per-fidelity")
+    assert sc.default_config == {"eta": 0.3, "kind": "tree", "depth": 6}  # ConfigSpace defaults, active only
+    linear = {"eta": 0.1, "kind": "linear"}
+    dart = {"eta": 0.1, "kind": "dart", "depth": 4, "drop_rate": 0.25, "sample_type": "weighted", "weight_cap": 0.7}
+    # DEHB-style: every parameter has a value, but the inactive ones must not reach the model.
+    stale = {**linear, "depth": 9, "drop_rate": 0.4, "sample_type": "weighted", "weight_cap": 0.9}
+    out = sc.query("22", [linear, dart, stale], sc.fidelity_values)
+    for name in ("depth", "drop_rate", "weight_cap", "sample_type"):
+        assert np.all(_echo(out[0], name) == 0.0) and np.all(_echo(out[2], name) == 0.0)  # 0.0 / code of "#na#"
+    assert np.allclose(out[0], out[2])
+    assert np.allclose(_echo(out[1], "drop_rate"), 0.25) and np.allclose(_echo(out[1], "weight_cap"), 0.7)
+    assert np.all(_echo(out[1], "sample_type") == 2) and np.all(_echo(out[1], "kind") == 3)
+    assert np.all(_echo(out, "replicate") == 3) and np.all(_echo(out, "task_id") == 2)
+    assert np.allclose(_echo(out[1], "trainsize"), sc.fidelity_values)
+    configs = sc.space.sample(50, seed=0)
+    assert all(set(c) == set(sc.space.active(c)) for c in configs)
+    assert len(sc.curves("33", configs)) == 50
+    assert set(TINY_CONT + TINY_CAT) >= set(sc.space.names)
+
+
+def test_bench_replays_a_conditional_scenario_from_the_command_line(tmp_path, capsys):
+    from optuna_quicktune.benchmark.cli import main
+
+    folder = write_conditional_scenario(tmp_path / "tiny")
+    out = tmp_path / "out"
+    rc = main(["bench", "--yahpo", str(folder), "--seeds", "1", "--methods", "random,tpe,dehb,quicktune,portfolio",
+               "--meta-configs", "24", "--meta-steps", "40", "--reference-size", "300", "--portfolio-candidates", "100",
+               "--portfolio-size", "8", "--budget-factor", "4", "--jobs", "1", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    import json
+
+    result = json.loads((out / "results.json").read_text())
+    runs = result["runs"]
+    assert {r["method"] for r in runs} == {"random", "tpe", "dehb", "quicktune", "portfolio"}
+    assert len(runs) == 5 * 4  # every method on every task (leave-one-task-out)
+    for r in runs:
+        assert r["error"] is None and r["n_trials"] >= 1, r
+    assert result["meta"]["scenario"]["constants"] == {"replicate": 3}
+    assert "average rank" in capsys.readouterr().out

@@ -41,6 +41,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from optuna_quicktune.benchmark.configspace import configspace_to_space
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.space import SearchSpace
 
@@ -53,7 +54,7 @@ __all__ = [
     "YAHPO_PRESETS",
     "lcbench",
     "configspace_to_space",
-]
+]  # configspace_to_space lives in optuna_quicktune.benchmark.configspace; kept here for callers
 
 
 @dataclass
@@ -283,46 +284,6 @@ LCBENCH_DEFAULT = {
 }
 
 
-def configspace_to_space(cs_json: Mapping[str, Any], *, exclude: Sequence[str] = (), name: str = "yahpo") -> tuple[SearchSpace, dict[str, Any], dict[str, Any]]:
-    """Optuna distributions from a ConfigSpace JSON (unconditional spaces only).
-
-    Returns the space (without ``exclude``), the ConfigSpace defaults and the excluded entries.
-    """
-    if cs_json.get("conditions"):
-        raise ValueError(
-            "This config_space.json has conditions (a hierarchical space); the replay supports "
-            "unconditional spaces only. Use a YAHPO scenario without conditions (e.g. lcbench, iaml_*)."
-        )
-    if cs_json.get("forbiddens"):
-        raise ValueError("This config_space.json has forbidden clauses; the replay does not support them.")
-    dists: dict[str, BaseDistribution] = {}
-    defaults: dict[str, Any] = {}
-    excluded: dict[str, Any] = {}
-    for hp in cs_json["hyperparameters"]:
-        n, kind = hp["name"], hp["type"]
-        if kind == "uniform_int":
-            d: BaseDistribution = IntDistribution(int(hp["lower"]), int(hp["upper"]), log=bool(hp.get("log", False)))
-        elif kind == "uniform_float":
-            d = FloatDistribution(float(hp["lower"]), float(hp["upper"]), log=bool(hp.get("log", False)))
-        elif kind == "categorical":
-            d = CategoricalDistribution(list(hp["choices"]))
-        elif kind == "ordinal":
-            d = CategoricalDistribution(list(hp["sequence"]))
-        elif kind == "constant":
-            d = CategoricalDistribution([hp["value"]])
-        else:
-            raise ValueError(f"Hyperparameter {n!r} has type {kind!r}, which the replay does not support.")
-        if n in exclude:
-            excluded[n] = {"distribution": d, "raw": hp}
-            continue
-        dists[n] = d
-        if "default" in hp:
-            defaults[n] = hp["default"]
-        elif kind == "constant":
-            defaults[n] = hp["value"]
-    return SearchSpace(dists, name=name), defaults, excluded
-
-
 def _parse_codomain(param_set_r: str) -> dict[str, str]:
     """``{target: "maximize"|"minimize"}`` from a paradox ``param_set.R`` codomain, if present."""
     m = re.search(r"codomain\s*=\s*ps\((.*?)\n\)", param_set_r, re.S)
@@ -485,7 +446,7 @@ class YahpoScenario(Scenario):
         if default_config is None:
             default_config = {k: v for k, v in cs_defaults.items() if k in self.space.distributions}
         if default_config is not None:
-            default_config = {k: default_config[k] for k in self.space.names}
+            default_config = {k: default_config[k] for k in self.space.active(default_config)}
             self.space.validate(default_config)
         self.default_config = dict(default_config) if default_config is not None else None
         self.model_name = self.name
@@ -555,13 +516,17 @@ class YahpoScenario(Scenario):
         n, f = len(configs), len(fidelities)
         x_cont = np.zeros((n, f, len(self.cont_names)), dtype=np.float32)
         x_cat = np.zeros((n, f, len(self.cat_names)), dtype=np.int32)
+        # Inactive inputs go in as YAHPO Gym sends them: 0.0 (continuous) and "#na#" (categorical).
+        active = [set(self.space.active(c)) for c in configs] if self.space.is_conditional else None
         for j, name in enumerate(self.cont_names):
             if name == self.fidelity_param:
                 x_cont[:, :, j] = np.asarray(fidelities, dtype=np.float32)[None, :]
             elif name in self.constants:
                 x_cont[:, :, j] = float(self.constants[name])
             else:
-                x_cont[:, :, j] = np.asarray([float(c[name]) for c in configs], dtype=np.float32)[:, None]
+                x_cont[:, :, j] = np.asarray([
+                    float(c[name]) if active is None or name in active[i] else 0.0 for i, c in enumerate(configs)
+                ], dtype=np.float32)[:, None]
         for j, name in enumerate(self.cat_names):
             codes = self.encoding[name]
             if name == self.instance_name:
@@ -569,7 +534,7 @@ class YahpoScenario(Scenario):
             elif name in self.constants:
                 vals = [str(self.constants[name])] * n
             else:
-                vals = [str(c[name]) for c in configs]
+                vals = [str(c[name]) if active is None or name in active[i] else "#na#" for i, c in enumerate(configs)]
             try:
                 x_cat[:, :, j] = np.asarray([codes[v] for v in vals], dtype=np.int32)[:, None]
             except KeyError as e:
