@@ -280,3 +280,50 @@ def test_missing_metafeatures_are_refused_unless_imputation_is_asked(cond_family
     QuickTuneSampler(old, metafeatures=task.metafeatures, impute="train_mean")  # nothing to impute: fine
     with pytest.raises(ValueError, match="impute must be one of"):
         QuickTuneSampler(loaded, metafeatures=task.metafeatures, impute="mean")
+
+
+# ---------------------------------------------------------------------- the conditional LoRA space
+def test_sft_objective_trains_the_conditional_lora_space(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    from transformers import TrainerCallback
+
+    from optuna_quicktune.space import DEFAULT_LORA_CONFIG
+    from trl_objectives import SFTObjective, build_tiny_phi3, load_qa_dataset, toy_qa_records
+
+    class Optimizers(TrainerCallback):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+            self.seen.append(type(inner).__name__)
+
+    qa = load_qa_dataset(toy_qa_records(4), name="toy-facts")
+    texts = [q for split in (qa.train, qa.validation, qa.test) for q in split["question"]]
+    texts += list(qa.train["answer"]) + list(qa.validation["answer"]) + list(qa.test["answer"])
+    build_tiny_phi3(texts, save_to=tmp_path / "tiny", seed=0)
+    space = lora_conditional_space()
+    callback = Optimizers()
+    obj = SFTObjective(tmp_path / "tiny", qa, space=space, max_epochs=1, metric="eval_loss", evaluate_test=False,
+                       checkpoint_dir=tmp_path / "ck", callbacks=[callback], num_threads=1)
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    study = optuna.create_study(direction=obj.direction, storage=url, study_name="cond-lora",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    base = {**DEFAULT_LORA_CONFIG, "learning_rate": 1e-3, "per_device_train_batch_size": 16}
+    study.enqueue_trial({**base, "optim": "adafactor"})
+    study.enqueue_trial({**base, "optim": "adamw_torch", "adam_beta1": 0.85, "adam_beta2": 0.99})
+    before = torch.get_num_threads()
+    study.optimize(obj, n_trials=2)
+    assert torch.get_num_threads() == before
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert callback.seen == ["Adafactor", "AdamW"]
+    _, sft = obj.training_settings(study.trials[1].params)
+    assert (sft["optim"], sft["adam_beta1"], sft["adam_beta2"]) == ("adamw_torch", 0.85, 0.99)
+    assert study.user_attrs[contract.SPACE]["conditions"]["adam_beta2"] == {"parent": "optim", "values": ["adamw_torch"]}
+    md = MetaDataset.from_storage(url)
+    assert md.space == space and len(md.runs) == 2
+    configs = {r.config["optim"]: r.config for r in md.runs}
+    assert "adam_beta1" not in configs["adafactor"]  # inactive for Adafactor, whatever the objective suggested
+    assert configs["adamw_torch"]["adam_beta2"] == 0.99
