@@ -327,3 +327,30 @@ def test_sft_objective_trains_the_conditional_lora_space(tmp_path):
     configs = {r.config["optim"]: r.config for r in md.runs}
     assert "adam_beta1" not in configs["adafactor"]  # inactive for Adafactor, whatever the objective suggested
     assert configs["adamw_torch"]["adam_beta2"] == 0.99
+
+
+def test_portfolio_and_dashboard_show_active_parameters_only(cond_family, cond_surrogate):
+    pytest.importorskip("plotly")
+    from optuna_quicktune.dashboard import portfolio_note, portfolio_rows
+
+    task = cond_family.tasks[HELD_OUT]
+    space = cond_family.space
+    sampler = QuickTuneSampler(cond_surrogate, metafeatures=task.metafeatures, seed=2, n_candidates=200)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    enqueued = sampler.enqueue_portfolio(study, k=6)
+    assert all(set(c) == set(space.active(c)) for c in enqueued)
+    log: list[dict] = []
+    study.optimize(_define_by_run(task, log), n_trials=6)  # the define-by-run objective runs them as they are
+    assert [t.params for t in study.trials] == enqueued == log
+    rows = portfolio_rows(sampler, study, 8)
+    shown = rows["next"] + rows["final"]
+    assert all(set(r["config"]) == set(space.active(r["config"])) for r in shown)
+    note = portfolio_note(sampler, study, 8)
+    lines = note.splitlines()
+    header = next(ln for ln in lines if ln.startswith("| # | action"))
+    cols = [c.strip() for c in header.strip().strip("|").split("|")]
+    table = [ln for ln in lines if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()][: len(rows["next"])]
+    for r, ln in zip(rows["next"], table):  # a parameter's cell is blank exactly where it is inactive
+        cells = dict(zip(cols, (c.strip() for c in ln.strip().strip("|").split("|"))))
+        for name in ("adam_beta1", "adam_beta2"):
+            assert (cells[name] == "") == (name not in r["config"]), (name, ln)
