@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from optuna_quicktune import contract
+from trl_objectives.runtime import open_storage, quiet_libraries
+from trl_objectives.zero_shot import score_base_model
 
 __all__ = ["run_demo", "add_demo_parser", "DEMO_TASK", "DEMO_SURROGATE"]
 
@@ -35,30 +37,6 @@ DEMO_TASK = "python-tokens"
 DEMO_STORAGE = "sqlite:///results/demo/quicktune_demo.db"
 #: The packaged surrogate the demo uses.
 DEMO_SURROGATE = "smollm2-135m-factqa"
-
-
-def _quiet() -> None:
-    """Silence per-trial library chatter so the demo's own progress bar stays readable."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # transformers' own deprecation notices (e.g. is_gradient_checkpointing) are not the user's to act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
-    logging.getLogger("trl_objectives.objective").setLevel(logging.ERROR)
 
 
 def run_demo(
@@ -102,12 +80,12 @@ def run_demo(
     from optuna_quicktune import QuickTunePruner, QuickTuneSampler
     from optuna_quicktune.pretrained import load_surrogate
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG
-    from trl_objectives.collect import open_storage, study_name, zero_shot_scores
-    from trl_objectives.objective import SFTObjective, TEST_METRIC_PREFIX, TEST_SCORE
+    from trl_objectives.collect import study_name
+    from trl_objectives.objective import SFTObjective
     from trl_objectives.tasks import get_task, load_task
 
     started = time.perf_counter()
-    _quiet()
+    quiet_libraries()
     get_task(task)
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}.")
@@ -140,8 +118,8 @@ def run_demo(
     echo("[1/3] Zero-shot scores of the base model ...")
     base = optuna.create_study(study_name=study_name(task, objective.model_name) + "/zero-shot", storage=store,
                                direction=objective.direction, load_if_exists=True)
-    zero = base.user_attrs.get("quicktune.zero_shot") or zero_shot_scores(objective)
-    base.set_user_attr("quicktune.zero_shot", zero)
+    zero = base.user_attrs.get(contract.ZERO_SHOT) or score_base_model(objective)
+    base.set_user_attr(contract.ZERO_SHOT, zero)
 
     # 2. the default configuration
     echo("[2/3] The default LoRA configuration ...")
@@ -168,10 +146,10 @@ def run_demo(
     best = pick(complete, key=lambda t: t.value) if complete else None
 
     def row(trial: Any) -> dict[str, Any]:
-        return {"validation": trial.value, "test": trial.user_attrs.get(TEST_SCORE),
-                "test_metrics": {k[len(TEST_METRIC_PREFIX):]: v for k, v in trial.user_attrs.items()
-                                 if k.startswith(TEST_METRIC_PREFIX)},
-                "seconds": (trial.user_attrs.get("quicktune.cost") or [None])[-1]}
+        return {"validation": trial.value, "test": trial.user_attrs.get(contract.TEST_SCORE),
+                "test_metrics": {k[len(contract.TEST_METRIC_PREFIX):]: v for k, v in trial.user_attrs.items()
+                                 if k.startswith(contract.TEST_METRIC_PREFIX)},
+                "seconds": (trial.user_attrs.get(contract.COST) or [None])[-1]}
 
     result: dict[str, Any] = {
         "task": task, "model": objective.model_name, "metric": metric, "surrogate": surrogate,
