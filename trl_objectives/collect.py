@@ -55,7 +55,7 @@ from trl_objectives.cards import collection_report, write_data_card, write_pretr
 from trl_objectives.runtime import open_storage, quiet_libraries
 from trl_objectives.zero_shot import score_base_model
 
-__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "add_collect_parser", "study_name",
+__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "ClaimedRun", "add_collect_parser", "study_name",
            "ZERO_SHOT", "open_storage", "zero_shot_scores", "collection_report", "write_pretrained",
            "write_data_card"]
 
@@ -179,7 +179,7 @@ def _cells(study: Any) -> tuple[set[str], set[str]]:
     return done, running
 
 
-class _ClaimedRun:
+class ClaimedRun:
     """Runs the objective on a trial unless an earlier trial already claims its configuration.
 
     Claims: a COMPLETE trial, a FAIL with a reason, or a RUNNING/WAITING trial with a lower number.
@@ -294,15 +294,18 @@ def collect(
     fidelity = ({"unit": "epoch", "epochs": epochs} if eval_every_steps is None
                 else {"unit": "step", "eval_every_steps": eval_every_steps, "max_steps": max_steps})
 
-    # Set every study up first (a bad dataset fails here, before any training).
-    studies: dict[str, Any] = {}
-    objectives: dict[str, Any] = {}
-    for task in task_list:
-        objective = SFTObjective(
+    # Load every dataset first (a bad one fails here, before any study is created), then set the studies up.
+    objectives: dict[str, Any] = {
+        task.name: SFTObjective(
             model, task.load(), metric=metric, max_epochs=epochs, eval_every_steps=eval_every_steps,
             max_steps=max_steps, max_length=max_length, seed=seed, num_threads=num_threads, space=space,
             dataset_name=task.name, checkpoint_dir=checkpoint_dir or os.path.join("quicktune_checkpoints", "collect"),
         )
+        for task in task_list
+    }
+    studies: dict[str, Any] = {}
+    for task in task_list:
+        objective = objectives[task.name]
         study = optuna.create_study(
             study_name=study_name(task.name, objective.model_name), storage=store, direction=objective.direction,
             load_if_exists=True,
@@ -314,7 +317,8 @@ def collect(
             "configs": len(config_list), "config_seed": seed, "epochs": epochs, "fidelity": fidelity,
             "max_length": max_length, "seed": seed, "python": platform.python_version(), **task.info,
         })
-        objectives[task.name], studies[task.name] = _ClaimedRun(objective, ids), study
+        studies[task.name] = study
+    runs = {name: ClaimedRun(objective, ids) for name, objective in objectives.items()}
 
     total = len(task_list) * len(config_list)
     bar = None
@@ -340,7 +344,7 @@ def collect(
             if todo is None:
                 break
             i, name = todo
-            study, run = studies[name], objectives[name]
+            study, run = studies[name], runs[name]
             if zero_shot and ZERO_SHOT not in study.user_attrs:
                 if bar is not None:
                     bar.set_postfix_str(f"{name}: zero-shot")
