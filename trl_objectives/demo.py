@@ -154,8 +154,8 @@ def run_demo(
     objective.describe(study)
     views = _dashboard_views(sampler)
     study.optimize(objective, n_trials=n_trials, show_progress_bar=progress, callbacks=[views] if views else [])
-    if views is not None:
-        views.publish(study)  # once more after the last trial, so the note shows the final portfolio
+    # Once more after the last trial, so the note shows the final portfolio (errors propagate here).
+    published = views.publish(study) if views is not None else None
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pick = max if objective.direction == "maximize" else min
     best = pick(complete, key=lambda t: t.value) if complete else None
@@ -181,7 +181,7 @@ def run_demo(
                    if any(t.state == s for t in study.trials)},
         "storage": storage,
         "dashboard": f"optuna-dashboard {storage}",
-        "dashboard_views": views is not None,
+        "dashboard_views": published,
         "quicktune_study": qt_name,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
