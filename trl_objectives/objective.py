@@ -35,24 +35,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optuna_quicktune import contract
 from optuna_quicktune.space import SearchSpace, lora_space
 from trl_objectives.callbacks import DivergenceCallback, ReportCallback, ResumeCallback, TrialRecord
 from trl_objectives.checkpoint import CHECKPOINT_META, load_checkpoint_meta, resume_folder, save_checkpoint
 from trl_objectives.data import QADataset, format_prompt_completion
-from trl_objectives.errors import (
-    StudyMismatchError,
-    TRLObjectiveInputError,
-    TrialFailure,
-    TrialOutOfMemoryError,
-)
+from trl_objectives.errors import StudyMismatchError, TrialFailure, TrialOutOfMemoryError, TRLObjectiveInputError
 from trl_objectives.evaluate import canonical_metric, evaluate_generation, metric_direction
 from trl_objectives.memory import describe_batch, free_trial, is_out_of_memory
 from trl_objectives.metafeatures import compute_metafeatures
 from trl_objectives.models import ModelSource, load_tokenizer, resolve_model
-from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer, training_settings
+from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer
+from trl_objectives.training import suggest_config, training_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -286,17 +281,7 @@ class SFTObjective:
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every parameter of the space (Optuna records them as the trial's params)."""
-        config: dict[str, Any] = {}
-        for name, dist in self.space.distributions.items():
-            if isinstance(dist, FloatDistribution):
-                config[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-            elif isinstance(dist, IntDistribution):
-                config[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-            elif isinstance(dist, CategoricalDistribution):
-                config[name] = trial.suggest_categorical(name, list(dist.choices))
-            else:  # pragma: no cover - SearchSpace only admits these three
-                raise TRLObjectiveInputError(f"Unsupported distribution {dist!r} for {name!r}.")
-        return config
+        return suggest_config(trial, self.space)
 
     def training_settings(self, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split a configuration into ``LoraConfig`` and ``SFTConfig`` kwargs (see :func:`training.training_settings`)."""
