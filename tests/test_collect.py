@@ -184,7 +184,7 @@ def test_collect_refuses_bad_user_data_before_running(user_data, tmp_path):
 def test_a_configuration_another_trial_claims_is_never_trained_twice(user_data, tmp_path):
     """Two workers that start the same configuration: the later trial stops before training."""
     from trl_objectives import SFTObjective, load_qa_dataset
-    from trl_objectives.collect import ClaimedRun
+    from trl_objectives.claims import ClaimedRun
 
     a, _, model = user_data
     objective = SFTObjective(model, load_qa_dataset(a, question_field="prompt", answer_field="reply"),

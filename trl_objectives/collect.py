@@ -52,10 +52,11 @@ from typing import Any
 
 from optuna_quicktune import contract
 from trl_objectives.cards import collection_report, write_data_card, write_pretrained
+from trl_objectives.claims import ClaimedRun, config_states
 from trl_objectives.runtime import open_storage, quiet_libraries
 from trl_objectives.zero_shot import score_base_model
 
-__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "DataFormat", "ClaimedRun", "add_collect_parser", "study_name",
+__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "DataFormat", "add_collect_parser", "study_name",
            "ZERO_SHOT", "open_storage", "zero_shot_scores", "collection_report", "write_pretrained",
            "write_data_card"]
 
@@ -174,59 +175,6 @@ def collection_tasks(
     return out
 
 
-def _cells(study: Any) -> tuple[set[str], set[str]]:
-    """Config ids of ``study`` that are done (COMPLETE, or FAIL with a reason) and that are RUNNING now."""
-    import optuna
-
-    done, running = set(), set()
-    for t in study.get_trials(deepcopy=False):
-        cid = t.user_attrs.get(contract.CONFIG_ID)
-        if cid is None:
-            continue
-        if t.state == optuna.trial.TrialState.COMPLETE or (
-            t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(contract.FAIL_REASON)
-        ):
-            done.add(cid)
-        elif t.state == optuna.trial.TrialState.RUNNING:
-            running.add(cid)
-    return done, running
-
-
-class ClaimedRun:
-    """Runs the objective on a trial unless an earlier trial already claims its configuration.
-
-    Claims: a COMPLETE trial, a FAIL with a reason, or a RUNNING/WAITING trial with a lower number.
-    Two processes that start the same configuration at once both see the other; only the lower
-    trial number trains, so no configuration is run twice at the same fidelity.
-    """
-
-    def __init__(self, objective: Any, ids: Sequence[str]) -> None:
-        self.objective = objective
-        self.index = {cid: i for i, cid in enumerate(ids)}
-        self.ran = False
-
-    def __call__(self, trial: Any) -> float:
-        import optuna
-
-        State = optuna.trial.TrialState
-        cid = self.objective.space.config_id(self.objective.suggest(trial))
-        for other in trial.study.get_trials(deepcopy=False):
-            if other.number == trial.number or other.user_attrs.get(contract.CONFIG_ID) != cid:
-                continue
-            claims = other.state == State.COMPLETE or (
-                other.state == State.FAIL and other.user_attrs.get(contract.FAIL_REASON)
-            ) or (other.state in (State.RUNNING, State.WAITING) and other.number < trial.number)
-            if claims:
-                trial.set_user_attr(contract.CONFIG_ID, cid)
-                trial.set_user_attr(contract.DUPLICATE_OF, other.number)
-                return float("nan")  # FAIL, before any training; this process moves on
-        trial.set_user_attr(contract.CONFIG_ID, cid)
-        if cid in self.index:
-            trial.set_user_attr(contract.CONFIG_INDEX, self.index[cid])
-        self.ran = True
-        return self.objective(trial)
-
-
 def collect(
     tasks: Sequence[str] = (),
     *,
@@ -338,7 +286,7 @@ def collect(
             cells = {}
             for name, study in studies.items():
                 optuna.storages.fail_stale_trials(study)
-                cells[name] = _cells(study)
+                cells[name] = config_states(study)
             if bar is not None:
                 bar.n = sum(len(done & set(ids)) for done, _ in cells.values())
                 bar.refresh()
@@ -365,7 +313,7 @@ def collect(
                 summary["tasks"][name]["ran"] += 1
                 summary["trials_run"] += 1
         for name, study in studies.items():
-            summary["tasks"][name]["done"] = len(_cells(study)[0] & set(ids))
+            summary["tasks"][name]["done"] = len(config_states(study)[0] & set(ids))
     finally:
         if bar is not None:
             bar.close()
