@@ -35,7 +35,7 @@ __all__ = [
 TASK = "quicktune.task"  # {"dataset", "model", "metric", "direction"}
 METAFEATURES = "quicktune.metafeatures"  # {name: float}
 FIDELITY = "quicktune.fidelity"  # {"unit": str, "max": int}; curves are indexed 1..max
-SPACE = "quicktune.space"  # {"name", "fingerprint"}
+SPACE = "quicktune.space"  # {"name", "fingerprint"}; a conditional space: SearchSpace.to_json()
 
 # Trial user attributes
 COST = "quicktune.cost"  # cumulative seconds since this trial started, aligned with reported steps
@@ -73,7 +73,9 @@ def describe_task(
     if metafeatures is not None:
         attrs[METAFEATURES] = {str(k): float(v) for k, v in metafeatures.items()}
     if space is not None:
-        attrs[SPACE] = {"name": space.name, "fingerprint": space.fingerprint}
+        # A conditional space is stored whole: its trials each hold only their active parameters,
+        # so the space cannot be read back from any one of them.
+        attrs[SPACE] = space.to_json() if space.is_conditional else {"name": space.name, "fingerprint": space.fingerprint}
     present = study.user_attrs
     for key, value in attrs.items():
         if overwrite or key not in present:
