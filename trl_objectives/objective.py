@@ -46,8 +46,7 @@ from trl_objectives.evaluate import canonical_metric, evaluate_generation, metri
 from trl_objectives.memory import describe_batch, free_trial, is_out_of_memory
 from trl_objectives.metafeatures import compute_metafeatures
 from trl_objectives.models import ModelSource, load_tokenizer, resolve_model
-from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer
-from trl_objectives.training import suggest_config, training_settings
+from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer, training_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -280,8 +279,12 @@ class SFTObjective:
         )
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Suggest every parameter of the space (Optuna records them as the trial's params)."""
-        return suggest_config(trial, self.space)
+        """Suggest every active parameter of the space (Optuna records them as the trial's params).
+
+        Asking the trial lets the study's sampler choose (QuickTune, TPE, or an enqueued trial's
+        fixed values); a conditional space asks only for the parameters its parents activate.
+        """
+        return self.space.suggest(trial)
 
     def training_settings(self, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split a configuration into ``LoraConfig`` and ``SFTConfig`` kwargs (see :func:`training.training_settings`)."""

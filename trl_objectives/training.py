@@ -1,4 +1,4 @@
-"""From a search space to a ready ``SFTTrainer``: the configuration, LoRA / SFT settings, the PEFT model, the trainer.
+"""From a configuration to a ready ``SFTTrainer``: LoRA / SFT settings, the PEFT model, the trainer.
 
 Why a module of its own: the trial loop (:mod:`trl_objectives.objective`), the base-model scoring
 (:func:`trl_objectives.score_base_model`) and users' own scripts all need the same model and
@@ -13,10 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-from optuna_quicktune.space import DEFAULT_LORA_CONFIG, TARGET_MODULE_PRESETS, SearchSpace
+from optuna_quicktune.space import DEFAULT_LORA_CONFIG, TARGET_MODULE_PRESETS
 from trl_objectives.errors import TRLObjectiveInputError
 from trl_objectives.memory import bfloat16
 from trl_objectives.models import ModelSource, load_model, pick_device_and_dtype
@@ -25,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import datasets
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-__all__ = ["LORA_PARAMS", "SFT_PARAMS", "suggest_config", "training_settings", "build_lora_model", "build_sft_trainer"]
+__all__ = ["LORA_PARAMS", "SFT_PARAMS", "training_settings", "build_lora_model", "build_sft_trainer"]
 
 #: Search-space names that configure ``peft.LoraConfig``.
 LORA_PARAMS = frozenset(
@@ -50,25 +47,6 @@ SFT_PARAMS = frozenset(
         "max_length",
     }
 )
-
-
-def suggest_config(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-    """Suggest every parameter of ``space`` through ``trial`` (so Optuna records them as its params).
-
-    Asking the trial, not sampling here, lets the study's sampler choose (QuickTune, TPE, or the
-    fixed parameters of an enqueued trial).
-    """
-    config: dict[str, Any] = {}
-    for name, dist in space.distributions.items():
-        if isinstance(dist, FloatDistribution):
-            config[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-        elif isinstance(dist, IntDistribution):
-            config[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-        elif isinstance(dist, CategoricalDistribution):
-            config[name] = trial.suggest_categorical(name, list(dist.choices))
-        else:  # pragma: no cover - SearchSpace only admits these three
-            raise TRLObjectiveInputError(f"Unsupported distribution {dist!r} for {name!r}.")
-    return config
 
 
 def training_settings(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
