@@ -9,10 +9,13 @@ The storage is the only shared state: a trial's state, number and ``quicktune.co
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from optuna_quicktune import contract
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["config_states", "ClaimedRun"]
 
@@ -62,7 +65,10 @@ class ClaimedRun:
             if claims:
                 trial.set_user_attr(contract.CONFIG_ID, cid)
                 trial.set_user_attr(contract.DUPLICATE_OF, other.number)
-                return float("nan")  # FAIL, before any training; this process moves on
+                _logger.warning("Trial %d stops before training: trial %d (%s) already has its configuration; "
+                                "Optuna marks it FAIL and this process moves on.", trial.number, other.number,
+                                other.state.name)
+                return float("nan")  # FAIL, before any training
         trial.set_user_attr(contract.CONFIG_ID, cid)
         if cid in self.index:
             trial.set_user_attr(contract.CONFIG_INDEX, self.index[cid])
