@@ -8,7 +8,6 @@ define-by-run objective on a held-out task.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 
@@ -272,12 +271,15 @@ def test_missing_metafeatures_are_refused_unless_imputation_is_asked(cond_family
     with pytest.raises(MetaFeatureError, match="No meta-features"):  # and without impute, still refused
         optuna.create_study(sampler=QuickTuneSampler(loaded, seed=0)).ask()
 
-    old = copy.copy(loaded)
-    old.prep = copy.copy(loaded.prep)
-    old.prep.mf_train_mean = None  # a surrogate saved before the means were stored
+    from optuna_quicktune.pretrained import load_surrogate as load_packaged
+
+    old = load_packaged("smollm2-135m-factqa")  # shipped before the means were stored
+    assert old.prep.mf_train_mean is None
+    some = {n: 1.0 for n in old.prep.metafeature_names[:-1]}
     with pytest.raises(MetaFeatureError, match="saved without them.*Retrain"):
-        QuickTuneSampler(old, metafeatures=partial, impute="train_mean")
-    QuickTuneSampler(old, metafeatures=task.metafeatures, impute="train_mean")  # nothing to impute: fine
+        QuickTuneSampler(old, metafeatures=some, impute="train_mean")
+    everything = {**some, old.prep.metafeature_names[-1]: 1.0}
+    QuickTuneSampler(old, metafeatures=everything, impute="train_mean")  # nothing to impute: fine
     with pytest.raises(ValueError, match="impute must be one of"):
         QuickTuneSampler(loaded, metafeatures=task.metafeatures, impute="mean")
 
