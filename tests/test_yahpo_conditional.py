@@ -138,7 +138,7 @@ def test_bench_replays_a_conditional_scenario_from_the_command_line(tmp_path, ca
     folder = write_conditional_scenario(tmp_path / "tiny")
     out = tmp_path / "out"
     rc = main(["bench", "--yahpo", str(folder), "--seeds", "1", "--methods", "random,tpe,dehb,quicktune,portfolio",
-               "--meta-configs", "24", "--meta-steps", "40", "--reference-size", "300", "--portfolio-candidates", "100",
+               "--meta-configs", "24", "--meta-steps", "40", "--reference-size", "300",
                "--portfolio-size", "8", "--budget-factor", "4", "--jobs", "1", "--no-progress", "--out", str(out)])
     assert rc == 0
     import json
