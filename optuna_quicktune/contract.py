@@ -90,3 +90,16 @@ def record_cost(trial: optuna.Trial, cumulative_costs: list[float]) -> None:
 def read_metafeatures(study: optuna.Study) -> dict[str, float] | None:
     value = study.user_attrs.get(METAFEATURES)
     return None if value is None else {str(k): float(v) for k, v in value.items()}
+
+
+# Keys written by trl_objectives
+TEST_SCORE = "quicktune.test_score"  # trial: the chosen metric on the test split (never used for selection)
+TEST_METRIC_PREFIX = "quicktune.test."  # trial: + metric name, e.g. quicktune.test.exact_match
+VAL_METRICS = "quicktune.val_metrics"  # trial: every validation metric at each reported step
+FAIL_REASON = "quicktune.fail_reason"  # trial: why it failed (diverged, out of memory, ...)
+ZERO_SHOT = "quicktune.zero_shot"  # study: base model scores, {"validation": {...}, "test": {...}}
+COLLECT_INFO = "quicktune.collect"  # study: how `quicktune collect` ran (configs, seed, data, versions)
+CONFIG_INDEX = "quicktune.collect.index"  # trial: index of the configuration in the collection's list
+CPU_COST = "quicktune.collect.cpu_cost"  # trial: CPU seconds measured when GPU costs were converted
+COST_SOURCE = "quicktune.collect.cost_source"  # trial: how quicktune.cost was derived
+DUPLICATE_OF = "quicktune.collect.duplicate_of"  # trial: stopped before training, another trial has its config
