@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 import optuna
 
 from optuna_quicktune import contract
-from optuna_quicktune.pretrained import available, load_surrogate
+from optuna_quicktune.pretrained import available, catalog, load_surrogate, model_of
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 
 __all__ = [
@@ -66,29 +65,12 @@ class Suggestion:
     fidelity: int
 
 
-def _info_list(value: Any) -> list[str]:
-    """``info`` lists, which older surrogates stored as their ``repr`` (parsed as a literal, never executed)."""
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
-
-
 def surrogate_model(surrogate: QuickTuneSurrogate) -> str | None:
     """The model spec the surrogate's meta-dataset was collected with, or ``None`` if unknown.
 
-    Meta-features use the tuned model's tokenizer, so a dataset must be described with that
-    tokenizer. Read from ``info["model"]`` when the surrogate records it, else from its task
-    names (``<task>/<model>``, one study per task and model) when they all name one model.
+    Meta-features use the tuned model's tokenizer, so a dataset must be described with it.
     """
-    model = surrogate.info.get("model")
-    if isinstance(model, str) and model:
-        return model
-    names = _info_list(surrogate.info.get("tasks")) or _info_list(surrogate.info.get("val_tasks"))
-    models = {n.split("/", 1)[1] for n in names if "/" in n}
-    return models.pop() if len(models) == 1 else None
+    return model_of(surrogate.info)
 
 
 def surrogate_direction(surrogate: QuickTuneSurrogate) -> str | None:
@@ -258,7 +240,7 @@ def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="QA dataset file (.jsonl/.json/.csv/.tsv); or give --metafeatures")
     p.add_argument("--metafeatures", default=None, help="JSON file (or inline JSON) of the dataset's meta-features")
     p.add_argument("--surrogate", default=None,
-                   help=f"packaged name ({', '.join(available()) or 'none'}) or saved folder; "
+                   help=f"packaged name ({', '.join(f'{k}: {v}' for k, v in catalog().items()) or 'none'}) or saved folder; "
                         "default the packaged one when there is exactly one")
     p.add_argument("--model", default=None,
                    help="model whose tokenizer describes the dataset; default the surrogate's model")

