@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import optuna
 
+    from optuna_quicktune import contract
     from optuna_quicktune.space import lora_space
     from trl_objectives import SFTObjective
     from trl_objectives.collect import COLLECT_INFO, collection_configs, open_storage, study_name
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, config in labelled:
             if label in done:
                 continue
-            study.enqueue_trial(config, user_attrs={"quicktune.config_id": space.config_id(config),
+            study.enqueue_trial(config, user_attrs={contract.CONFIG_ID: space.config_id(config),
                                                     "quicktune.headroom.label": label})
             t0 = time.perf_counter()
             study.optimize(obj, n_trials=1)
