@@ -61,7 +61,6 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--meta-time-limit", type=float, default=0.0, help="meta-training seconds per fold (0: none; a limit makes results depend on machine speed)")
     p.add_argument("--reference-size", type=int, default=20000, help="random configurations of the regret reference (YAHPO)")
     p.add_argument("--portfolio-size", type=int, default=64)
-    p.add_argument("--portfolio-candidates", type=int, default=2000, help="YAHPO: random configurations the static portfolio chooses from (scored at the largest fidelity on the meta-training tasks)")
     p.add_argument("--top-k-first", type=int, default=32, help="configurations of each one-step round of top-k-1step")
     p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's; a LoRA storage defaults to DEFAULT_LORA_CONFIG)")
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
@@ -158,7 +157,7 @@ def run_bench(args: argparse.Namespace) -> int:
         methods=methods, seeds=seeds, tasks=tasks, budget_factor=args.budget_factor,
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
-        portfolio_size=args.portfolio_size, portfolio_candidates=args.portfolio_candidates, top_k_first=args.top_k_first, jobs=args.jobs,
+        portfolio_size=args.portfolio_size, top_k_first=args.top_k_first, jobs=args.jobs,
         quicktune_kwargs=_json_object(args.quicktune_kwargs, "--quicktune-kwargs"),
         pruner_kwargs=_json_object(args.pruner_kwargs, "--pruner-kwargs"), progress=not args.no_progress, resume=args.resume,
     )
