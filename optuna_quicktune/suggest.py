@@ -161,8 +161,13 @@ def suggest(
     mf = None if metafeatures is None else {str(a): float(b) for a, b in metafeatures.items()}
     if mf is not None:
         s.prep.metafeatures(mf)  # fail now, naming missing or unknown names
-    if study is None:
-        study = optuna.create_study(direction=direction, study_name="quicktune-suggest")
+    if study is None:  # a scratch study: no "study created in memory" line for the user to wonder about
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.create_study(direction=direction, study_name="quicktune-suggest")
+        finally:
+            optuna.logging.set_verbosity(verbosity)
     else:
         _check_study(study, direction, mf)
     with warnings.catch_warnings():
