@@ -35,7 +35,7 @@ __all__ = [
 TASK = "quicktune.task"  # {"dataset", "model", "metric", "direction"}
 METAFEATURES = "quicktune.metafeatures"  # {name: float}
 FIDELITY = "quicktune.fidelity"  # {"unit": str, "max": int}; curves are indexed 1..max
-SPACE = "quicktune.space"  # {"name", "fingerprint"}
+SPACE = "quicktune.space"  # {"name", "fingerprint"}; a conditional space: SearchSpace.to_json()
 
 # Trial user attributes
 COST = "quicktune.cost"  # cumulative seconds since this trial started, aligned with reported steps
@@ -73,7 +73,9 @@ def describe_task(
     if metafeatures is not None:
         attrs[METAFEATURES] = {str(k): float(v) for k, v in metafeatures.items()}
     if space is not None:
-        attrs[SPACE] = {"name": space.name, "fingerprint": space.fingerprint}
+        # A conditional space is stored whole: its trials each hold only their active parameters,
+        # so the space cannot be read back from any one of them.
+        attrs[SPACE] = space.to_json() if space.is_conditional else {"name": space.name, "fingerprint": space.fingerprint}
     present = study.user_attrs
     for key, value in attrs.items():
         if overwrite or key not in present:
@@ -88,3 +90,16 @@ def record_cost(trial: optuna.Trial, cumulative_costs: list[float]) -> None:
 def read_metafeatures(study: optuna.Study) -> dict[str, float] | None:
     value = study.user_attrs.get(METAFEATURES)
     return None if value is None else {str(k): float(v) for k, v in value.items()}
+
+
+# Keys written by trl_objectives
+TEST_SCORE = "quicktune.test_score"  # trial: the chosen metric on the test split (never used for selection)
+TEST_METRIC_PREFIX = "quicktune.test."  # trial: + metric name, e.g. quicktune.test.exact_match
+VAL_METRICS = "quicktune.val_metrics"  # trial: every validation metric at each reported step
+FAIL_REASON = "quicktune.fail_reason"  # trial: why it failed (diverged, out of memory, ...)
+ZERO_SHOT = "quicktune.zero_shot"  # study: base model scores, {"validation": {...}, "test": {...}}
+COLLECT_INFO = "quicktune.collect"  # study: how `quicktune collect` ran (configs, seed, data, versions)
+CONFIG_INDEX = "quicktune.collect.index"  # trial: index of the configuration in the collection's list
+CPU_COST = "quicktune.collect.cpu_cost"  # trial: CPU seconds measured when GPU costs were converted
+COST_SOURCE = "quicktune.collect.cost_source"  # trial: how quicktune.cost was derived
+DUPLICATE_OF = "quicktune.collect.duplicate_of"  # trial: stopped before training, another trial has its config

@@ -217,7 +217,8 @@ def portfolio_rows(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10
 
     def record(i: int) -> dict[str, Any]:
         a = actions[i]
-        return {"kind": a.kind if a.resume_of is None else f"resume #{a.resume_of}", "config": dict(a.config),
+        # Active parameters only: a resumed trial may also hold values its conditions switched off.
+        return {"kind": a.kind if a.resume_of is None else f"resume #{a.resume_of}", "config": sampler.space.project(a.config),
                 "config_id": a.config_id, "mean": float(mean[i]), "std": float(std[i]), "cost": float(cost[i]),
                 "acquisition": float(a.score)}
 

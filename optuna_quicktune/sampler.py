@@ -37,6 +37,7 @@ from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
+from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
 
 __all__ = ["QuickTuneSampler", "Action"]
 
@@ -75,6 +76,10 @@ class QuickTuneSampler(BaseSampler):
             a portfolio table have none). See :mod:`optuna_quicktune.decision` for why.
         portfolio_weights: ``"uniform"``: the static best-on-average portfolio; ``"metafeatures"``:
             meta-training tasks weighted by meta-feature similarity to this dataset.
+        impute: ``None`` (default): a missing meta-feature is an error. ``"train_mean"``: missing or
+            non-finite meta-features are filled with the mean of the surrogate's meta-training
+            tasks (stored with it); the names are logged once and recorded in each trial's
+            ``quicktune.predicted`` (``imputed_metafeatures``).
         n_local: Candidates drawn around the study's three best finished runs at each decision
             (0: the fixed pool only).
         local_scale: Standard deviation of those draws in the [0, 1] encoding of the space.
@@ -99,6 +104,7 @@ class QuickTuneSampler(BaseSampler):
         portfolio_weights: str = _DEFAULTS.portfolio_weights,
         n_local: int = _DEFAULTS.n_local,
         local_scale: float = _DEFAULTS.local_scale,
+        impute: str | None = None,
         seed: int | None = None,
     ) -> None:
         warnings.warn(
@@ -128,7 +134,8 @@ class QuickTuneSampler(BaseSampler):
             raise ValueError(f"n_local must be >= 0 and local_scale > 0, got {n_local} and {local_scale}.")
         self.surrogate = surrogate
         self.space = surrogate.space
-        self.metafeatures = None if metafeatures is None else {str(k): float(v) for k, v in metafeatures.items()}
+        self._impute = MetafeatureImputer(surrogate.prep, impute)
+        self.metafeatures = None if metafeatures is None else self._impute({str(k): float(v) for k, v in metafeatures.items()})
         if self.metafeatures is not None:
             surrogate.prep.metafeatures(self.metafeatures)  # fail now, naming the bad names
         self.fidelity_max = fidelity_max
@@ -173,7 +180,9 @@ class QuickTuneSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return dict(self.space.distributions)
+        # Only names the objective declared with the surrogate's distribution (else Optuna would fail
+        # the trial); the rest, and the first trial's, are served by sample_independent.
+        return self.space.relative_space_for(self.space.declared(study.get_trials(deepcopy=False)))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -184,11 +193,14 @@ class QuickTuneSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        chosen = trial.system_attrs.get(_PARAMS_KEY) or {}
+        why = self.space.fallback_reason(param_name, param_distribution, chosen)
+        if why is None:
+            return chosen[param_name]  # the proposed value, for a parameter outside the relative space
         if param_name not in self._warned:
             self._warned.add(param_name)
             optuna.logging.get_logger(__name__).warning(
-                f"Parameter {param_name!r} ({param_distribution}) is not in the surrogate's space "
-                f"{self.space.name!r} (or has another range); it is sampled independently at random."
+                f"Parameter {param_name!r} {why}; it is sampled independently at random."
             )
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
@@ -298,6 +310,8 @@ class QuickTuneSampler(BaseSampler):
         if self.metafeatures is not None:
             return self.metafeatures
         raw = study.user_attrs.get(contract.METAFEATURES)
+        if raw is None and self._impute.impute is not None:
+            return self._impute(None)
         if raw is None:
             if self.surrogate.metafeature_names:
                 raise MetaFeatureError(
@@ -306,7 +320,7 @@ class QuickTuneSampler(BaseSampler):
                     f"surrogate needs {self.surrogate.metafeature_names}."
                 )
             return None
-        mf = {str(k): float(v) for k, v in raw.items()}
+        mf = self._impute({str(k): float(v) for k, v in raw.items()})
         self.surrogate.prep.metafeatures(mf)
         return mf
 
@@ -394,7 +408,7 @@ class QuickTuneSampler(BaseSampler):
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:
         params = dict(action.config)
         prefix = decision.state.trials[action.resume_of].prefix if action.resume_of is not None else np.zeros(0)
-        record = decision.prediction_record(params, prefix)
+        record = self._record(decision, params, prefix)
         record.update(source=action.kind, acquisition=action.score)
         _set_system_attr(study, trial, _PARAMS_KEY, params)
         _set_user_attr(study, trial, contract.CONFIG_ID, action.config_id)
@@ -408,6 +422,13 @@ class QuickTuneSampler(BaseSampler):
             _set_user_attr(study, trial, contract.RESUME_OF, None)
             _set_user_attr(study, trial, contract.CHECKPOINT, None)
 
+    def _record(self, decision: Decision, params: dict[str, Any], prefix: np.ndarray) -> dict[str, Any]:
+        record: dict[str, Any] = decision.prediction_record(params, prefix)
+        imputed = self._impute.imputed(decision.metafeatures)
+        if imputed:
+            record["imputed_metafeatures"] = imputed
+        return record
+
     def _annotate_enqueued(self, study: Study, trial: FrozenTrial) -> None:
         params = trial.system_attrs.get("fixed_params") or {}
         if contract.PREDICTED in trial.user_attrs or not self.space.contains(params):
@@ -415,7 +436,7 @@ class QuickTuneSampler(BaseSampler):
         decision = self.decision(study)
         parent = trial.user_attrs.get(contract.RESUME_OF)
         prefix = decision.state.trials[parent].prefix if parent in decision.state.trials else np.zeros(0)
-        record = decision.prediction_record(dict(params), prefix)
+        record = self._record(decision, dict(params), prefix)
         record.update(source="enqueued")
         _set_user_attr(study, trial, contract.CONFIG_ID, self.space.config_id(params))
         _set_user_attr(study, trial, contract.PREDICTED, record)

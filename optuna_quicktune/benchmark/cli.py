@@ -50,6 +50,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     y.add_argument("--fidelity-steps", type=int, default=10, help="levels of a float fidelity (geometric spacing)")
     y.add_argument("--cost-mode", choices=["cumulative", "per-fidelity"], help="cumulative (epochs) or per-fidelity (retrain per level)")
     y.add_argument("--epochs", default="2-51", help="LCBench epochs used as steps 1..L ('2-51': the 50 trained epochs; '1-52': all records)")
+    y.add_argument("--yahpo-constant", action="append", default=[], metavar="NAME=VALUE",
+                   help="hold an input at one value and leave it out of the search space (repeatable; "
+                   "adds to yahpo.json's \"constants\"; rbv2's repl is held at 10 unless given)")
     y.add_argument("--metafeatures", default="core", help="'core' (metafeatures.json's core list), 'none', or comma-separated names")
     p.add_argument("--tasks", help="comma-separated test tasks (default: every task; meta-training always uses the others)")
     p.add_argument("--max-tasks", type=int, help="use only the first N tasks of the scenario (smoke runs)")
@@ -86,6 +89,17 @@ def _fidelity_values(s: str | None) -> list[float] | None:
     return [float(x) for x in s.split(",")]
 
 
+def _constants(items: list[str]) -> dict[str, str]:
+    """``["repl=10"]`` -> ``{"repl": "10"}``; the scenario checks names and values against its inputs."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SystemExit(f"quicktune bench: --yahpo-constant wants NAME=VALUE (e.g. repl=10), got {item!r}.")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def build_scenario(args: argparse.Namespace) -> Any:
     from optuna_quicktune.benchmark import scenarios as sc
     from optuna_quicktune.metadataset import MetaDataset
@@ -106,6 +120,7 @@ def build_scenario(args: argparse.Namespace) -> Any:
             args.yahpo, fidelity=args.fidelity, metric=args.metric, cost=args.cost, direction=args.direction,
             preset=args.preset, fidelity_values=_fidelity_values(args.fidelity_values),
             fidelity_steps=args.fidelity_steps, cost_mode=args.cost_mode, metafeatures=mf, default_config=default,
+            constants=_constants(getattr(args, "yahpo_constant", None) or []),
         )
     if args.table:
         path = Path(args.table)
