@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from optuna_quicktune import contract
     from optuna_quicktune.space import lora_space
     from trl_objectives import SFTObjective
-    from trl_objectives.collect import COLLECT_INFO, collection_configs, open_storage, study_name
+    from trl_objectives.collect import collection_configs, open_storage, study_name
     from trl_objectives.prompts import record_prompt_format
     from trl_objectives.tasks import get_task, load_task
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                     direction=obj.direction, load_if_exists=True, pruner=optuna.pruners.NopPruner())
         obj.describe(study)
         record_prompt_format(study, obj.tokenizer, qa.system_prompt)
-        study.set_user_attr(COLLECT_INFO, {"configs": len(labelled), "facts": args.facts, "epochs": args.epochs,
+        study.set_user_attr(contract.COLLECT_INFO, {"configs": len(labelled), "facts": args.facts, "epochs": args.epochs,
                                            "max_length": args.max_length, "seed": args.seed,
                                            "source": get_task(task).source, "license": get_task(task).license})
         done = {t.user_attrs.get("quicktune.headroom.label") for t in study.get_trials(deepcopy=False)

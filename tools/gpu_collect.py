@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: Study user attribute: where the runs of a collection ran (device, dtype, concurrent runs).
-HARDWARE = "quicktune.collect.hardware"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's packages, not an installed copy
+from optuna_quicktune.contract import HARDWARE  # noqa: E402
+
 
 
 def _tasks(spec: str) -> list[str]:
@@ -179,8 +180,8 @@ def merge(dbs: list[str], into: str) -> None:
 
 
 def card(storage: str, path: str, hardware: dict[str, Any]) -> None:
-    """The data card: ``collect.write_data_card`` plus the hardware and the headroom table."""
-    from trl_objectives.collect import write_data_card
+    """The data card: ``cards.write_data_card`` plus the hardware and the headroom table."""
+    from trl_objectives.cards import write_data_card
     from trl_objectives.headroom import headroom, headroom_markdown
 
     how = (f"Runs on {hardware['device']} ({hardware['dtype']}), {hardware['concurrent_runs']} runs sharing it "
@@ -273,5 +274,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's packages, not an installed copy
     raise SystemExit(main())

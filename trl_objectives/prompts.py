@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["PROMPT_FORMAT", "prompt_format", "record_prompt_format"]
+from optuna_quicktune.contract import PROMPT_FORMAT
 
-#: Study user attribute: how QA examples were turned into prompts for the task's model.
-PROMPT_FORMAT = "quicktune.prompt_format"
+__all__ = ["PROMPT_FORMAT", "prompt_format", "record_prompt_format"]
 
 
 def prompt_format(tokenizer: "PreTrainedTokenizerBase", system_prompt: str | None = None) -> dict[str, str]:
