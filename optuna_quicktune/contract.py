@@ -103,3 +103,5 @@ CONFIG_INDEX = "quicktune.collect.index"  # trial: index of the configuration in
 CPU_COST = "quicktune.collect.cpu_cost"  # trial: CPU seconds measured when GPU costs were converted
 COST_SOURCE = "quicktune.collect.cost_source"  # trial: how quicktune.cost was derived
 DUPLICATE_OF = "quicktune.collect.duplicate_of"  # trial: stopped before training, another trial has its config
+PROMPT_FORMAT = "quicktune.prompt_format"  # study: how examples became prompts (plain text or chat template)
+HARDWARE = "quicktune.collect.hardware"  # study: device, dtype and runs sharing it when the costs were measured
