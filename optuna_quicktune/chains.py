@@ -14,11 +14,17 @@ any non-negative step) must not make a reader allocate an array as long as that 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+from optuna.trial import FrozenTrial
 
-__all__ = ["continue_curve", "diverged", "beyond", "best_by_step"]
+from optuna_quicktune import contract
+
+__all__ = ["continue_curve", "diverged", "beyond", "best_by_step", "warn_beyond"]
+
+_logger = logging.getLogger(__name__)
 
 
 def continue_curve(
@@ -82,3 +88,20 @@ def best_by_step(reports: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[int, 
     steps, values = steps[order], values[order]
     last = np.flatnonzero(np.append(steps[1:] != steps[:-1], True))
     return {int(b): float(v) for b, v in zip(steps[last], values[last])}
+
+
+_warned_beyond: set[tuple[int, object]] = set()
+
+
+def warn_beyond(trial: FrozenTrial, fidelity_max: int) -> None:
+    """Log once per trial that it reported steps outside ``1..fidelity_max`` (they are ignored)."""
+    last = trial.last_step
+    key = (trial.number, trial.datetime_start)
+    if last is None or 1 <= last <= fidelity_max or key in _warned_beyond:
+        return
+    _warned_beyond.add(key)
+    _logger.warning(
+        "Trial %d reported step %d, outside 1..%d (the study's fidelity range): steps beyond it are "
+        "ignored. Report step k for the k-th fidelity step, or raise the study's %s 'max'.",
+        trial.number, last, fidelity_max, contract.FIDELITY,
+    )

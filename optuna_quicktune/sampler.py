@@ -39,17 +39,18 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_quicktune import contract
+from optuna_quicktune import chains, contract
 from optuna_quicktune.acquisition import cost_aware_score
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
+from optuna_quicktune.recovery import Recovery, failing_trial
 from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 
 __all__ = ["QuickTuneSampler", "Action"]
 
 _logger = logging.getLogger(__name__)
-_PARAMS_KEY = "quicktune.params"  # system attr: the parameters chosen in before_trial
+_PARAMS_KEY = contract.PARAMS  # system attr: the parameters chosen in before_trial
 
 
 @dataclass
@@ -104,6 +105,10 @@ class QuickTuneSampler(BaseSampler):
             ``refit``, the latest fine-tuned copy is conditioned the same way.
         seed: Seed of the candidate pool and of fallbacks. ``None`` derives it from the study name,
             so that every worker of a study builds the same pool.
+        recovery: Leases of running trials and recovery of dead workers' trials (failed with
+            ``quicktune.fail_reason`` and enqueued again once); ``False`` turns it off, a
+            :class:`~optuna_quicktune.recovery.Recovery` sets the heartbeat and grace period.
+            Works with plain storage URLs and every storage (docs/distributed.md).
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class QuickTuneSampler(BaseSampler):
         refit_steps: int = 50,
         condition: bool = True,
         seed: int | None = None,
+        recovery: Recovery | bool = True,
     ) -> None:
         warnings.warn(
             "QuickTuneSampler is experimental (optuna-quicktune 0.x): its interface may change.",
@@ -142,7 +148,7 @@ class QuickTuneSampler(BaseSampler):
             raise ValueError(f"refit_every must be >= 1, got {refit_every}.")
         self.surrogate = surrogate
         self.space = surrogate.space
-        self.metafeatures = None if metafeatures is None else {str(k): float(v) for k, v in metafeatures.items()}
+        self.metafeatures = None if metafeatures is None else contract.parse_metafeatures(metafeatures, attribute="metafeatures=")
         if self.metafeatures is not None:
             surrogate.prep.metafeatures(self.metafeatures)  # fail now, naming the bad names
         self.fidelity_max = fidelity_max
@@ -165,6 +171,7 @@ class QuickTuneSampler(BaseSampler):
         self._in_space: dict[str | None, bool] = {}
         self._warned: set[str] = set()
         self._fallback = RandomSampler(seed=seed)
+        self.recovery = recovery if isinstance(recovery, Recovery) else Recovery(enabled=bool(recovery))
 
     # ================================================================== Optuna API
     def reseed_rng(self) -> None:
@@ -172,17 +179,20 @@ class QuickTuneSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        self._check_single_objective(study)
         return dict(self.space.distributions)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        self._check_single_objective(study)
         params = trial.system_attrs.get(_PARAMS_KEY) or {}
         return {k: v for k, v in params.items() if k in search_space}
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        self._check_single_objective(study)
         if param_name not in self._warned:
             self._warned.add(param_name)
             optuna.logging.get_logger(__name__).warning(
@@ -192,7 +202,17 @@ class QuickTuneSampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._check_single_objective(study)
+        # Our own errors fail the trial with quicktune.fail_reason instead of leaving it RUNNING.
+        with failing_trial(study, trial):
+            try:
+                self._check_single_objective(study)
+                self.recovery.start(study, trial)  # lease this trial; recover those of dead workers
+                self._prepare_trial(study, trial)
+            except BaseException:
+                self.recovery.stop(trial)
+                raise
+
+    def _prepare_trial(self, study: Study, trial: FrozenTrial) -> None:
         if trial.system_attrs.get("fixed_params") is not None:
             self._annotate_enqueued(study, trial)
             return
@@ -215,7 +235,8 @@ class QuickTuneSampler(BaseSampler):
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
-        if state == TrialState.PRUNED and trial.user_attrs.get(contract.CHECKPOINT):
+        self.recovery.stop(trial)
+        if state == TrialState.PRUNED and trial.user_attrs.get(contract.CHECKPOINT) and not chains.diverged(list(trial.intermediate_values.values())):
             _set_user_attr(study, trial, contract.PAUSED, True)
 
     # ================================================================== public helpers
@@ -296,8 +317,7 @@ class QuickTuneSampler(BaseSampler):
 
     # ================================================================== internals
     def _check_single_objective(self, study: Study) -> None:
-        if len(study.directions) != 1:
-            raise ValueError("QuickTuneSampler supports single-objective studies only.")
+        contract.study_direction(study)  # ContractError (a ValueError) for a multi-objective study
 
     def _contains(self, config_id: str | None, params: Mapping[str, Any]) -> bool:
         if config_id is None:
@@ -322,13 +342,12 @@ class QuickTuneSampler(BaseSampler):
                     f"QuickTuneSampler or set the study's {contract.METAFEATURES!r} user attribute. The "
                     f"surrogate needs {self.surrogate.metafeature_names}."
                 )
-            mf = None if raw is None else {str(k): float(v) for k, v in raw.items()}
+            mf = contract.read_metafeatures(study)
             if mf is not None:
                 self.surrogate.prep.metafeatures(mf)
         fmax = self.fidelity_max
         if fmax is None:
-            fid = attrs.get(contract.FIDELITY)
-            fmax = int(fid["max"]) if isinstance(fid, dict) and "max" in fid else self.surrogate.max_fidelity
+            fmax = contract.read_fidelity(study) or self.surrogate.max_fidelity
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
         state = StudyState.build(study.get_trials(deepcopy=False), self.space, sign, self._memo)
         surrogate = self._model(study, state, mf, fmax, sign)
