@@ -34,7 +34,7 @@ __all__ = [
     "COLLECT_COST_SOURCE", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
     "TaskInfo", "RunInfo", "ContractError",
     "describe_task", "record_cost", "read_task", "read_trial", "read_metafeatures", "read_fidelity",
-    "parse_metafeatures", "parse_fidelity", "study_direction", "read_resume_of",
+    "parse_metafeatures", "parse_fidelity", "study_direction", "read_resume_of", "check_fidelity_fits",
 ]
 
 # Study user attributes
@@ -314,3 +314,14 @@ def read_resume_of(trial: FrozenTrial) -> int | None:
     except ContractError as e:
         _logger.warning("%s Read as a run of its own.", e)
         return None
+
+
+def check_fidelity_fits(study: optuna.Study, fidelity_max: int, surrogate_max: int) -> None:
+    """A task longer than the surrogate's curves cannot be predicted: say so before a trial runs."""
+    if fidelity_max > surrogate_max:
+        raise ContractError(
+            f"'max' is {fidelity_max} but the surrogate was meta-trained on curves of at most {surrogate_max} steps.",
+            study=study.study_name, attribute=FIDELITY,
+            fix="Report at most that many fidelity steps (or pass QuickTuneSampler(fidelity_max=...)), or "
+            "meta-train a surrogate on longer curves.",
+        )

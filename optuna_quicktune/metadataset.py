@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_quicktune import chains, contract
 from optuna_quicktune.errors import ContractError, EmptyMetaDatasetError, MetaFeatureError, MixedSpaceError
 from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.storage import open_storage
 
 __all__ = ["Task", "Run", "MetaDataset"]
 
@@ -164,8 +165,7 @@ class MetaDataset:
         meta-feature names: ``"strict"`` raises, ``"intersection"`` keeps the common names,
         ``"none"`` drops them all (dataset-agnostic transfer).
         """
-        if isinstance(storage, str):
-            storage = optuna.storages.get_storage(storage)
+        storage = open_storage(storage)  # a mistyped path is an error, not a new empty database
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
         available = [s.study_name for s in summaries]
         if study_names is None:
@@ -222,8 +222,7 @@ class MetaDataset:
 
         An existing study of the same name is never touched: the call fails before writing anything.
         """
-        if isinstance(storage, str):
-            storage = optuna.storages.get_storage(storage)
+        storage = open_storage(storage, create=True)
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
         names = [study_prefix + t.name for t in self.tasks]
         clash = sorted(set(names) & existing)

@@ -348,6 +348,7 @@ class QuickTuneSampler(BaseSampler):
         fmax = self.fidelity_max
         if fmax is None:
             fmax = contract.read_fidelity(study) or self.surrogate.max_fidelity
+        contract.check_fidelity_fits(study, int(fmax), self.surrogate.max_fidelity)
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
         state = StudyState.build(study.get_trials(deepcopy=False), self.space, sign, self._memo)
         surrogate = self._model(study, state, mf, fmax, sign)
