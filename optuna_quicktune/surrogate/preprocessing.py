@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from optuna_quicktune.contract import METAFEATURES
 from optuna_quicktune.errors import MetaFeatureError
 
 __all__ = ["Preprocessing", "Batch", "slog"]
@@ -80,7 +81,7 @@ class Preprocessing:
             if names:
                 raise MetaFeatureError(
                     f"This surrogate needs the meta-features {names}; pass metafeatures={{...}} or set "
-                    "the study's 'quicktune.metafeatures' user attribute."
+                    f"the study's {METAFEATURES!r} user attribute."
                 )
             return np.zeros(0)
         if isinstance(mf, Mapping):
