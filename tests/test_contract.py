@@ -132,7 +132,7 @@ def test_trial_of_a_dead_worker_is_recovered_and_run_again_once(family, surrogat
     study = optuna.load_study(study_name="s", storage=url, sampler=_sampler(family, surrogate))
     dead = study.trials[0]
     assert dead.state == TrialState.RUNNING  # plain URL, no heartbeat: before, it stayed so forever
-    study.optimize(SimulatedObjective(task), n_trials=1)  # a worker's next trial recovers it
+    study.optimize(SimulatedObjective(task), n_trials=2)  # a worker's next trial recovers it; the one after reruns it
     trials = study.trials
     assert trials[0].state == TrialState.FAIL and "died" in trials[0].user_attrs[contract.FAIL_REASON]
     retry = [t for t in trials if t.user_attrs.get(contract.RETRY_OF) == 0]
