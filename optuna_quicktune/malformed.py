@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from optuna_quicktune import contract
 from optuna_quicktune.errors import QuickTuneError
 
-__all__ = ["run_corpus", "package_env"]
+__all__ = ["run_corpus", "package_env", "objective_reporting"]
 
 _GOOD_MF = {"lr_hint": -4.0, "rank_hint": 4.0, "n_examples": 1000.0, "irrelevant": 0.0}
 
@@ -121,27 +121,14 @@ def _trial_cases() -> dict[str, tuple[dict[str, Any], dict[int, float]]]:
 
 
 def _metadataset_case(case: str, attrs: dict[str, Any], work: Path) -> dict[str, str]:
-    from optuna_quicktune.metadataset import MetaDataset
-
     db = work / f"case-{abs(hash(case))}.db"
     db.unlink(missing_ok=True)
     storage = f"sqlite:///{db}"
     _base_study(storage, "good")
     _base_study(storage, "bad", **attrs)
-    cap = _Capture()
-    logger = logging.getLogger("optuna_quicktune.metadataset")
-    logger.addHandler(cap)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        md = MetaDataset.from_storage(storage)
-    except QuickTuneError as e:
-        return _record(case, "clear error", str(e))
-    except Exception as e:  # noqa: BLE001 - the corpus classifies every outcome
-        return _record(case, "traceback", f"{type(e).__name__}: {e}")
-    finally:
-        logger.removeHandler(cap)
-        logger.setLevel(old)
+    md, cap, failed = _read_logged(case, storage)
+    if failed is not None:
+        return failed
     names = [t.name for t in md.tasks]
     said = [m for m in cap.text if "'bad'" in m]
     if "bad" not in names and said:
@@ -149,8 +136,27 @@ def _metadataset_case(case: str, attrs: dict[str, Any], work: Path) -> dict[str,
     return _record(case, "silent misread", f"read tasks {names}")
 
 
-def _trial_case(case: str, attrs: dict[str, Any], steps: dict[int, float], work: Path) -> dict[str, str]:
+def _read_logged(case: str, storage: str) -> tuple[Any, _Capture, dict[str, str] | None]:
+    """``MetaDataset.from_storage`` with its log captured; the third item is set when it raised."""
     from optuna_quicktune.metadataset import MetaDataset
+
+    cap = _Capture()
+    logger = logging.getLogger("optuna_quicktune.metadataset")
+    logger.addHandler(cap)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        return MetaDataset.from_storage(storage), cap, None
+    except QuickTuneError as e:
+        return None, cap, _record(case, "clear error", str(e))
+    except Exception as e:  # noqa: BLE001 - the corpus classifies every outcome
+        return None, cap, _record(case, "traceback", f"{type(e).__name__}: {e}")
+    finally:
+        logger.removeHandler(cap)
+        logger.setLevel(old)
+
+
+def _trial_case(case: str, attrs: dict[str, Any], steps: dict[int, float], work: Path) -> dict[str, str]:
     from optuna_quicktune.simulate import SimulatedFamily
 
     db = work / f"case-{abs(hash(case))}.db"
@@ -163,20 +169,9 @@ def _trial_case(case: str, attrs: dict[str, Any], steps: dict[int, float], work:
     study.add_trial(optuna.trial.create_trial(params=cfg, distributions=dict(space.distributions), value=0.9,
                                               intermediate_values=steps, user_attrs=user_attrs))
     bad = len(study.trials) - 1
-    cap = _Capture()
-    logger = logging.getLogger("optuna_quicktune.metadataset")
-    logger.addHandler(cap)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        md = MetaDataset.from_storage(storage)
-    except QuickTuneError as e:
-        return _record(case, "clear error", str(e))
-    except Exception as e:  # noqa: BLE001
-        return _record(case, "traceback", f"{type(e).__name__}: {e}")
-    finally:
-        logger.removeHandler(cap)
-        logger.setLevel(old)
+    md, cap, failed = _read_logged(case, storage)
+    if failed is not None:
+        return failed
     used = {n for r in md.runs for n in r.trials}
     said = [m for m in cap.text if f"trial {bad}" in m]
     if bad not in used and said:
@@ -235,7 +230,8 @@ def _sampler_case(case: str, attrs: dict[str, Any], surrogate_dir: Path, work: P
     return _record(case, outcome, detail)
 
 
-def _objective_with(values: dict[int, float]) -> Callable[[optuna.Trial], float]:
+def objective_reporting(values: dict[int, float]) -> Callable[[optuna.Trial], float]:
+    """An objective that reports ``{step: value}`` as given (NaN, inf, huge steps) and obeys the pruner."""
     from optuna_quicktune.space import lora_space
 
     space = lora_space()
@@ -258,7 +254,7 @@ def _diverged_case(case: str, value: float, surrogate_dir: Path, work: Path) -> 
     study = optuna.create_study(storage=f"sqlite:///{work / 'pruner.db'}", sampler=sampler,
                                 pruner=QuickTunePruner(sampler), direction="maximize")
     study.set_user_attr(contract.METAFEATURES, _GOOD_MF)
-    study.optimize(_objective_with({1: 0.3, 2: value, 3: 0.4, 4: 0.5}), n_trials=1)
+    study.optimize(objective_reporting({1: 0.3, 2: value, 3: 0.4, 4: 0.5}), n_trials=1)
     t = study.trials[-1]
     if t.state == TrialState.PRUNED and t.last_step == 2:
         return _record(case, "handled", "pruned at step 2, the step it appeared")
@@ -277,7 +273,7 @@ def _huge_step_case(surrogate_dir: Path, work: Path) -> dict[str, str]:
     study.set_user_attr(contract.METAFEATURES, _GOOD_MF)
     t0 = time.perf_counter()
     try:
-        study.optimize(_objective_with({1: 0.3, 10**9: 0.4}), n_trials=2)
+        study.optimize(objective_reporting({1: 0.3, 10**9: 0.4}), n_trials=2)
     except Exception as e:  # noqa: BLE001
         return _record(case, "traceback", f"{type(e).__name__}: {e}")
     seconds = time.perf_counter() - t0

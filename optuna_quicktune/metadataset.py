@@ -401,16 +401,9 @@ def _read_study(
         info = contract.read_task(study)
     except ContractError as e:
         return str(e), None
-    task = Task(
-        name=study.study_name,
-        dataset=info.dataset,
-        model=info.model,
-        metric=info.metric,
-        direction=info.direction,
-        fidelity_unit=info.fidelity_unit,
-        fidelity_max=info.fidelity_max,
-        metafeatures=dict(info.metafeatures or {}),
-    )
+    task = Task(name=study.study_name, dataset=info.dataset, model=info.model, metric=info.metric,
+                direction=info.direction, fidelity_unit=info.fidelity_unit, fidelity_max=info.fidelity_max,
+                metafeatures=dict(info.metafeatures or {}))
     trials = study.get_trials(deepcopy=False)
     study_space = space or _infer_space(trials, info.space)
     if study_space is None:

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from optuna_quicktune import QuickTunePruner, QuickTuneSampler, contract, load_surrogate
 from optuna_quicktune.cli import main
 from optuna_quicktune.errors import ContractError, QuickTuneError, SurrogateFormatError
+from optuna_quicktune.malformed import objective_reporting
 from optuna_quicktune.metadataset import MetaDataset
 from optuna_quicktune.recovery import recover_stale_trials
 from optuna_quicktune.simulate import SimulatedObjective
@@ -41,18 +42,7 @@ def _sampler(family, surrogate, **kw):
                             n_candidates=50, seed=0, **kw)
 
 
-def _reporting(values):
-    def objective(trial):
-        from optuna_quicktune.space import lora_space
-
-        lora_space().suggest(trial)
-        for step, v in values.items():
-            trial.report(v, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return 0.5
-
-    return objective
+_reporting = objective_reporting
 
 
 # ---------------------------------------------------------------------- finding 1
