@@ -209,7 +209,7 @@ def _sampler_cases() -> dict[str, dict[str, Any]]:
 def _sampler_case(case: str, attrs: dict[str, Any], surrogate_dir: Path, work: Path,
                   directions: list[str] | None = None) -> dict[str, str]:
     sampler = _sampler(surrogate_dir)
-    study = optuna.create_study(storage=f"sqlite:///{work / 'sampler.db'}", sampler=sampler,
+    study = optuna.create_study(sampler=sampler,
                                 directions=directions or ["maximize"])
     for k, v in attrs.items():
         study.set_user_attr(k, v)
@@ -251,7 +251,7 @@ def _diverged_case(case: str, value: float, surrogate_dir: Path, work: Path) -> 
     from optuna_quicktune import QuickTunePruner
 
     sampler = _sampler(surrogate_dir)
-    study = optuna.create_study(storage=f"sqlite:///{work / 'pruner.db'}", sampler=sampler,
+    study = optuna.create_study(sampler=sampler,
                                 pruner=QuickTunePruner(sampler), direction="maximize")
     study.set_user_attr(contract.METAFEATURES, _GOOD_MF)
     study.optimize(objective_reporting({1: 0.3, 2: value, 3: 0.4, 4: 0.5}), n_trials=1)
@@ -268,7 +268,7 @@ def _huge_step_case(surrogate_dir: Path, work: Path) -> dict[str, str]:
 
     case = "pruner: report step 10**9"
     sampler = _sampler(surrogate_dir)
-    study = optuna.create_study(storage=f"sqlite:///{work / 'huge.db'}", sampler=sampler,
+    study = optuna.create_study(sampler=sampler,
                                 pruner=QuickTunePruner(sampler), direction="maximize")
     study.set_user_attr(contract.METAFEATURES, _GOOD_MF)
     t0 = time.perf_counter()
