@@ -13,12 +13,13 @@ from optuna_quicktune.errors import (
     SurrogateFormatError,
 )
 from optuna_quicktune.metadataset import MetaDataset
-from optuna_quicktune.space import DEFAULT_LORA_CONFIG, SearchSpace, lora_space
+from optuna_quicktune.space import DEFAULT_LORA_CONFIG, SearchSpace, lora_conditional_space, lora_space
 
 __all__ = [
     "__version__",
     "SearchSpace",
     "lora_space",
+    "lora_conditional_space",
     "DEFAULT_LORA_CONFIG",
     "MetaDataset",
     "QuickTuneError",

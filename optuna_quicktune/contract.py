@@ -41,7 +41,7 @@ __all__ = [
 TASK = "quicktune.task"  # {"dataset", "model", "metric", "direction"}
 METAFEATURES = "quicktune.metafeatures"  # {name: float}
 FIDELITY = "quicktune.fidelity"  # {"unit": str, "max": int}; curves are indexed 1..max
-SPACE = "quicktune.space"  # {"name", "fingerprint"}
+SPACE = "quicktune.space"  # {"name", "fingerprint"}; a conditional space: SearchSpace.to_json()
 ZERO_SHOT = "quicktune.zero_shot"  # the base model's scores without finetuning: {split: {metric: value}}
 COLLECT_INFO = "quicktune.collect"  # settings of a `quicktune collect` run
 
@@ -139,7 +139,9 @@ def describe_task(
     if metafeatures is not None:
         attrs[METAFEATURES] = parse_metafeatures(metafeatures, study=study.study_name)
     if space is not None:
-        attrs[SPACE] = {"name": space.name, "fingerprint": space.fingerprint}
+        # A conditional space is stored whole: its trials each hold only their active parameters,
+        # so the space cannot be read back from any one of them.
+        attrs[SPACE] = space.to_json() if space.is_conditional else {"name": space.name, "fingerprint": space.fingerprint}
     present = study.user_attrs
     for key, value in attrs.items():
         if overwrite or key not in present:
@@ -162,8 +164,12 @@ def study_direction(study: optuna.Study) -> str:
     return "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
 
 
-def parse_metafeatures(value: Any, *, study: str | None = None, attribute: str | None = METAFEATURES) -> dict[str, float]:
-    """``{name: finite float}``; each bad value is named, with the reason."""
+def parse_metafeatures(value: Any, *, study: str | None = None, attribute: str | None = METAFEATURES,
+                       allow_missing: bool = False) -> dict[str, float]:
+    """``{name: finite float}``; each bad value is named, with the reason.
+
+    ``allow_missing`` keeps ``None``/NaN values as NaN, for a sampler that imputes them.
+    """
     fix = "Meta-features are a {name: number} mapping with finite values (rescale huge ones, e.g. log10)."
     if not isinstance(value, Mapping):
         raise ContractError(f"must be a {{name: number}} mapping, not {type(value).__name__}.",
@@ -171,6 +177,9 @@ def parse_metafeatures(value: Any, *, study: str | None = None, attribute: str |
     out: dict[str, float] = {}
     for k, v in value.items():
         number = _number(v)
+        if allow_missing and (v is None or (number is not None and math.isnan(number))):
+            out[str(k)] = math.nan
+            continue
         if number is None or not math.isfinite(number) or abs(number) > METAFEATURE_LIMIT:
             problem = "not a number" if number is None else (
                 "not finite" if not math.isfinite(number) else f"larger in magnitude than {METAFEATURE_LIMIT:g}")

@@ -143,7 +143,7 @@ def learning_curves_figure(sampler: "QuickTuneSampler", study: optuna.Study, *, 
     and its continuations are stitched, as the sampler sees them.
     """
     go = _require("plotly.graph_objects")
-    ctx = sampler._context(study)  # noqa: SLF001 - the exact inputs the sampler decides with
+    ctx = sampler.decision(study)  # the exact inputs the sampler decides with
     fmax, surrogate = ctx.fidelity_max, ctx.surrogate
     fig = go.Figure()
     views = sorted(ctx.state.trials.values(), key=lambda v: v.number)
@@ -195,8 +195,8 @@ def portfolio_rows(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}.")
-    ctx = sampler._context(study)  # noqa: SLF001 - one decision context for both lists
-    actions = sampler.rank_actions(study, ctx=ctx)
+    ctx = sampler.decision(study)  # one decision for both lists
+    actions = ctx.actions()
     if not actions:
         return {"next": [], "final": []}
     X = sampler.space.encode_many([a.config for a in actions])
@@ -217,7 +217,8 @@ def portfolio_rows(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10
 
     def record(i: int) -> dict[str, Any]:
         a = actions[i]
-        return {"kind": a.kind if a.resume_of is None else f"resume #{a.resume_of}", "config": dict(a.config),
+        # Active parameters only: a resumed trial may also hold values its conditions switched off.
+        return {"kind": a.kind if a.resume_of is None else f"resume #{a.resume_of}", "config": sampler.space.project(a.config),
                 "config_id": a.config_id, "mean": float(mean[i]), "std": float(std[i]), "cost": float(cost[i]),
                 "acquisition": float(a.score)}
 
@@ -227,7 +228,7 @@ def portfolio_rows(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10
 def portfolio_note(sampler: "QuickTuneSampler", study: optuna.Study, k: int = 10) -> str:
     """The Markdown of the QuickTune section of the study note (between :data:`NOTE_BEGIN`/:data:`NOTE_END`)."""
     rows = portfolio_rows(sampler, study, k)
-    ctx = sampler._context(study)  # noqa: SLF001
+    ctx = sampler.decision(study)
     names = sampler.space.names
     lines = [NOTE_BEGIN, "## QuickTune portfolio", ""]
     mode = "refit on this study" if sampler.refit else "zero-shot (surrogate used as meta-trained)"

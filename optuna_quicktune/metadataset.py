@@ -251,8 +251,8 @@ class MetaDataset:
                     user_attrs[contract.COST] = [float(c) for c in r.cost]
                 trials.append(
                     optuna.trial.create_trial(
-                        params=dict(r.config),
-                        distributions=dict(self.space.distributions),
+                        params=self.space.project(r.config),  # active parameters only
+                        distributions=self.space.active_distributions(r.config),
                         value=float(r.curve[-1]) if finished else None,
                         intermediate_values={s + 1: float(v) for s, v in enumerate(r.curve)},
                         user_attrs=user_attrs,
@@ -279,7 +279,7 @@ class MetaDataset:
                 "run": ri,
             }
             base.update({f"mf.{k}": t.metafeatures[k] for k in self.metafeature_names})
-            base.update({f"param.{k}": r.config[k] for k in self.space.names})
+            base.update({f"param.{k}": r.config.get(k) for k in self.space.names})  # None: inactive
             for s in range(r.length):
                 row = dict(base)
                 row.update(step=s + 1, value=float(r.curve[s]), cost=float(r.cost[s]))
@@ -318,7 +318,8 @@ class MetaDataset:
                 }
             key = (tname, row["run"])
             if key not in runs:
-                config = {k: _from_cell(space.distributions[k], row[f"param.{k}"]) for k in space.names}
+                cells = {k: row[f"param.{k}"] for k in space.names if _present(row[f"param.{k}"])}
+                config = {k: _from_cell(space.distributions[k], cells[k]) for k in space.active(cells) if k in cells}
                 runs[key] = {"task": tname, "config": config, "points": {}}
             step = int(row["step"])
             cost = row.get("cost")
@@ -424,9 +425,34 @@ def _infer_space(trials: Sequence[FrozenTrial], space_attr: Any) -> SearchSpace 
             counts[fp] = (n + 1, t.distributions)
     if not counts:
         return None
+    if isinstance(space_attr, dict) and space_attr.get("conditions"):
+        try:  # describe_task stores a conditional space whole: its trials hold different subsets
+            return SearchSpace.from_json(space_attr)
+        except ValueError as e:
+            _logger.warning("The study's %r cannot be read (%s); inferring the space from its trials.", contract.SPACE, e)
+    if len(counts) > 1:  # trials with different parameter sets: a define-by-run (conditional) space?
+        conditional = _conditional_space(trials, name)
+        if conditional is not None:
+            return conditional
     # The space used by most trials; trials of another space are then skipped one by one.
     _, dists = max(counts.values(), key=lambda v: v[0])
     return SearchSpace(dists, name=name)
+
+
+def _conditional_space(trials: Sequence[FrozenTrial], name: str) -> SearchSpace | None:
+    """The conditional space that explains which parameters each finished trial declared.
+
+    For studies written without ``describe_task(space=...)``. ``None`` (then the most common
+    parameter set is kept, as for any study) if a name was declared with two distributions or no
+    equality/in-set conditions on categorical parents explain the trials.
+    """
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.distributions]
+    union: dict[str, BaseDistribution] = {}
+    for t in finished:  # first appearance: a define-by-run objective declares parents first
+        for k, d in t.distributions.items():
+            if union.setdefault(k, d) != d:
+                return None
+    return SearchSpace.infer([t.params for t in finished], union, name=name)
 
 
 def _trial_piece(t: FrozenTrial, space: SearchSpace, task: Task) -> tuple[str | None, contract.RunInfo | None]:
@@ -437,8 +463,11 @@ def _trial_piece(t: FrozenTrial, space: SearchSpace, task: Task) -> tuple[str | 
         run = contract.read_trial(t, study=task.name, fidelity_max=task.fidelity_max)
     except ContractError as e:
         return str(e), None
-    if set(t.distributions) != set(space.distributions) or any(
-        t.distributions[k] != space.distributions[k] for k in space.distributions
+    # Every active parameter, with the space's distribution; a parameter the space says is inactive
+    # for this configuration may also be declared (an objective that always suggests it): ignored.
+    declared = set(t.distributions)
+    if not set(space.active(t.params)) <= declared <= set(space.distributions) or any(
+        t.distributions[k] != space.distributions[k] for k in declared
     ):
         return "parameters differ from the study's search space.", None
     if not run.steps:
@@ -491,7 +520,7 @@ def _stitch(trials: Sequence[FrozenTrial], space: SearchSpace, task: Task) -> li
         if values.shape[0] == 0:
             _logger.info("Task %r: trial %d has no step 1; skipped.", task.name, number)
             continue
-        runs.append(Run(task=0, config=dict(piece.params), curve=values, cost=cost, trials=tuple(chain)))
+        runs.append(Run(task=0, config=space.project(piece.params), curve=values, cost=cost, trials=tuple(chain)))
     return runs
 
 

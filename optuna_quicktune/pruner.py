@@ -16,6 +16,8 @@ raising ``TrialPruned`` (``quicktune.checkpoint``), the sampler marks the trial
 
 from __future__ import annotations
 
+import math
+
 import optuna
 from optuna.pruners import BasePruner
 from optuna.study import Study
@@ -25,7 +27,18 @@ from optuna_quicktune import chains
 from optuna_quicktune.recovery import failing_trial
 from optuna_quicktune.sampler import QuickTuneSampler
 
-__all__ = ["QuickTunePruner"]
+__all__ = ["QuickTunePruner", "is_rung"]
+
+
+def is_rung(step: int, growth: float = 1.5) -> bool:
+    """Whether ``step`` (reports so far) is a decision point: a ceiling of ``growth ** k``."""
+    if step < 1:
+        return False
+    k, r = 0, 1.0
+    while math.ceil(r) < step:
+        k += 1
+        r = growth**k
+    return math.ceil(r) == step
 
 
 class QuickTunePruner(BasePruner):
@@ -52,6 +65,12 @@ class QuickTunePruner(BasePruner):
         stop_diverged: Stop a run at the first NaN or +-inf it reports (no checkpoint is resumed
             and recovery never retries it). Why by default: a diverged curve gives the surrogate
             nothing to rank, so the cost-benefit rule would let it train to the end.
+        rungs: ``"geometric"`` decides at the reported steps 1, 2, 3, 4, 6, 8, 12, 18, 26, 39, ...
+            (each about 1.5 x the previous, as the rungs of successive halving grow
+            geometrically): what a curve tells about its end grows with the log of its length,
+            and a decision costs a storage read and a surrogate call, so deciding at every one
+            of 50 epochs spends most of QuickTune's overhead on steps that add little.
+            ``"every"`` decides at every report (Quick-Tune).
     """
 
     def __init__(
@@ -63,6 +82,7 @@ class QuickTunePruner(BasePruner):
         n_startup_trials: int = 0,
         keep_leader: bool = True,
         stop_diverged: bool = True,
+        rungs: str = "geometric",
     ) -> None:
         if not isinstance(sampler, QuickTuneSampler):
             raise TypeError("QuickTunePruner needs the study's QuickTuneSampler: QuickTunePruner(sampler).")
@@ -78,6 +98,9 @@ class QuickTunePruner(BasePruner):
         self.min_steps = int(min_steps)
         self.keep_leader = bool(keep_leader)
         self.stop_diverged = bool(stop_diverged)
+        if rungs not in ("geometric", "every"):
+            raise ValueError(f"rungs must be 'geometric' or 'every', not {rungs!r}.")
+        self.rungs = rungs
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         if self.stop_diverged and chains.diverged(list(trial.intermediate_values.values())):
@@ -88,30 +111,32 @@ class QuickTunePruner(BasePruner):
     def _prune(self, study: Study, trial: FrozenTrial) -> bool:
         if not trial.intermediate_values:
             return False
-        ctx = self.sampler._context(study)  # noqa: SLF001 - one object, split in two for Optuna's API
+        if self.rungs == "geometric" and not is_rung(int(trial.last_step or 0)):
+            return False  # decided before any storage read or prediction
+        decision = self.sampler.decision(study)  # built once: the same object the sampler decides with
+        state = decision.state
         if self.n_startup_trials and sum(
-            v.state == optuna.trial.TrialState.COMPLETE for v in ctx.state.trials.values()
+            v.state == optuna.trial.TrialState.COMPLETE for v in state.trials.values()
         ) < self.n_startup_trials:
-            return False  # counted on the state the sampler already read: no second storage query
-        view = ctx.state.trials.get(trial.number)
-        chains.warn_beyond(trial, ctx.fidelity_max)  # such steps are ignored (the prefix stops at max)
+            return False
+        view = state.trials.get(trial.number)
+        chains.warn_beyond(trial, decision.fidelity_max)  # such steps are ignored (the prefix stops at max)
         reached = len(view.prefix) if view is not None else 0
-        if reached < self.min_steps or reached >= ctx.fidelity_max:
+        if reached < self.min_steps or reached >= decision.fidelity_max:
             return False
-        if self.keep_leader and view is not None and ctx.state.leads(view.number, reached, ctx.sign):
+        if self.keep_leader and view is not None and state.leads(view.number, reached, decision.sign):
             return False
-        mine = self.sampler.continuation_score(study, trial, ctx=ctx)
+        mine = decision.continuation(trial.number)
         if mine is None:
             return False
-        alternatives = self.sampler.rank_actions(study, ctx=ctx, exclude=trial.number, limit=1)
+        alternatives = decision.actions(exclude=trial.number, limit=1)
         if not alternatives:
             return False
         best = alternatives[0].score
-        decision = mine * (1.0 + self.margin) < best
-        if decision:
+        stop = mine.score * (1.0 + self.margin) < best
+        if stop:
             optuna.logging.get_logger(__name__).info(
-                f"Trial {trial.number}: stop at fidelity {reached} (continue={mine:.4g} < "
+                f"Trial {trial.number}: stop at fidelity {reached} (continue={mine.score:.4g} < "
                 f"{alternatives[0].kind} {alternatives[0].config_id}={best:.4g})."
             )
-        return decision
-
+        return stop

@@ -1,35 +1,27 @@
 """QuickTuneSampler: zero-shot, cost-aware, freeze-thaw proposals from meta-learned surrogates.
 
-Each new trial is given the action with the best cost-aware expected improvement at its next
-fidelity (see :mod:`optuna_quicktune.acquisition`) among
-
-* *new* configurations from a seeded candidate pool (random draws of the space plus the
-  configurations of the meta-dataset) that no trial of the study has used, and
-* *resumptions* of paused trials (pruned with a checkpoint and not yet continued): the trial then
-  carries ``quicktune.resume_of`` and ``quicktune.checkpoint`` and the parent's parameters, and the
-  objective continues from the checkpoint.
-
-The decision is rebuilt from the storage on every call, so several workers and restarted processes
-agree. A worker writes its choice into its trial and then re-reads the study; if an earlier trial
-took the same configuration in the meantime, it moves on to the next best action.
+The sampler is the Optuna glue: it builds a :class:`~optuna_quicktune.decision.Decision` from the
+storage on every call (the study's state, the surrogate view that state conditions, the candidate
+pool), asks it for the best action (the rule lives in :mod:`optuna_quicktune.decision`), and writes
+its choice into the trial. Several workers and restarted processes agree because everything is
+rebuilt from the storage: a worker writes its claim, re-reads the study and yields to any earlier
+trial holding the same claim.
 
 With ``refit=False`` (default, Strangmann et al. 2024) the surrogates' weights are used as they are;
 the study enters through its meta-features, each candidate's observed curve prefix and, with
-``condition=True`` (default), the GP's conditioning set: every finished run's last score is added to
-it, so that what the study saw moves the predictions of similar configurations. ``refit=True``
-(Quick-Tune) also fine-tunes a copy on the study's curves after ``refit_every`` finished trials and
-again each time their number doubles.
+``condition=True`` (default), the GP's conditioning set (:meth:`QuickTuneSurrogate.conditioned_on`).
+``refit=True`` (Quick-Tune) also fine-tunes a copy on the study's curves after ``refit_every``
+finished trials and again each time their number doubles.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,40 +32,19 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
-from optuna_quicktune.acquisition import cost_aware_score
+from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.recovery import Recovery, failing_trial
 from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
+from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
 
 __all__ = ["QuickTuneSampler", "Action"]
 
 _logger = logging.getLogger(__name__)
 _PARAMS_KEY = contract.PARAMS  # system attr: the parameters chosen in before_trial
-
-
-@dataclass
-class Action:
-    """One thing the study could do next: start a configuration, or resume a paused trial."""
-
-    kind: str  # "new" | "resume"
-    config: dict[str, Any]
-    config_id: str
-    score: float
-    fidelity: int  # the fidelity the acquisition looked at
-    resume_of: int | None = None
-    checkpoint: str | None = None
-    prefix_len: int = 0
-
-
-@dataclass
-class _Context:
-    surrogate: QuickTuneSurrogate
-    metafeatures: dict[str, float] | None
-    fidelity_max: int
-    sign: float
-    state: StudyState
+_DEFAULTS = DecisionSettings()
 
 
 class QuickTuneSampler(BaseSampler):
@@ -100,9 +71,19 @@ class QuickTuneSampler(BaseSampler):
         refit_steps: Gradient steps of each fine-tuning.
         condition: Condition the surrogate's GP on the study's own observations (weights
             unchanged, so still zero-shot): the last score of every finished or paused run, as a
-            point at its fidelity. What the study saw then moves the predictions of similar
-            configurations; without it, the order of new configurations never changes. With
-            ``refit``, the latest fine-tuned copy is conditioned the same way.
+            point at its fidelity.
+        portfolio_first: The study's first new configurations are this many members of the greedy
+            portfolio of the surrogate's meta-dataset, in order (0: none; surrogates saved without
+            a portfolio table have none). See :mod:`optuna_quicktune.decision` for why.
+        portfolio_weights: ``"uniform"``: the static best-on-average portfolio; ``"metafeatures"``:
+            meta-training tasks weighted by meta-feature similarity to this dataset.
+        impute: ``None`` (default): a missing meta-feature is an error. ``"train_mean"``: missing or
+            non-finite meta-features are filled with the mean of the surrogate's meta-training
+            tasks (stored with it); the names are logged once and recorded in each trial's
+            ``quicktune.predicted`` (``imputed_metafeatures``).
+        n_local: Candidates drawn around the study's three best finished runs at each decision
+            (0: the fixed pool only).
+        local_scale: Standard deviation of those draws in the [0, 1] encoding of the space.
         seed: Seed of the candidate pool and of fallbacks. ``None`` derives it from the study name,
             so that every worker of a study builds the same pool.
         recovery: Leases of running trials and recovery of dead workers' trials (failed with
@@ -118,12 +99,17 @@ class QuickTuneSampler(BaseSampler):
         metafeatures: Mapping[str, float] | None = None,
         fidelity_max: int | None = None,
         n_candidates: int = 1000,
-        cost_exponent: float = 0.0,
-        horizon: str = "final",
+        cost_exponent: float = _DEFAULTS.cost_exponent,
+        horizon: str = _DEFAULTS.horizon,
         refit: bool = False,
         refit_every: int = 5,
         refit_steps: int = 50,
         condition: bool = True,
+        portfolio_first: int = _DEFAULTS.portfolio_first,
+        portfolio_weights: str = _DEFAULTS.portfolio_weights,
+        n_local: int = _DEFAULTS.n_local,
+        local_scale: float = _DEFAULTS.local_scale,
+        impute: str | None = None,
         seed: int | None = None,
         recovery: Recovery | bool = True,
     ) -> None:
@@ -146,32 +132,55 @@ class QuickTuneSampler(BaseSampler):
             raise ValueError(f"horizon must be 'next' or 'final', not {horizon!r}.")
         if refit_every < 1:
             raise ValueError(f"refit_every must be >= 1, got {refit_every}.")
+        if portfolio_first < 0:
+            raise ValueError(f"portfolio_first must be >= 0, got {portfolio_first}.")
+        if portfolio_weights not in ("metafeatures", "uniform"):
+            raise ValueError(f"portfolio_weights must be 'metafeatures' or 'uniform', not {portfolio_weights!r}.")
+        if n_local < 0 or not local_scale > 0:
+            raise ValueError(f"n_local must be >= 0 and local_scale > 0, got {n_local} and {local_scale}.")
         self.surrogate = surrogate
         self.space = surrogate.space
-        self.metafeatures = None if metafeatures is None else contract.parse_metafeatures(metafeatures, attribute="metafeatures=")
+        self._impute = MetafeatureImputer(surrogate.prep, impute)
+        self.metafeatures = None if metafeatures is None else self._impute(contract.parse_metafeatures(
+            metafeatures, attribute="metafeatures=", allow_missing=self._impute.impute is not None))
         if self.metafeatures is not None:
             surrogate.prep.metafeatures(self.metafeatures)  # fail now, naming the bad names
         self.fidelity_max = fidelity_max
         self.n_candidates = n_candidates
-        self.cost_exponent = float(cost_exponent)
-        self.horizon = horizon
         self.refit = refit
         self.refit_every = refit_every
         self.refit_steps = refit_steps
         self.condition = bool(condition)
+        self.settings = DecisionSettings(
+            horizon=horizon, cost_exponent=float(cost_exponent), portfolio_first=int(portfolio_first),
+            portfolio_weights=portfolio_weights, n_local=int(n_local), local_scale=float(local_scale),
+        )
         self.seed = seed
-        self._pools: dict[int, tuple[list[dict[str, Any]], np.ndarray, list[str]]] = {}
-        self._pred_cache: dict[Any, tuple[np.ndarray, ...]] = {}
+        # Caches: the pool and portfolio order per seed, refit copies, the latest conditioned views
+        # and one bounded prediction cache. clear_caches() empties them all.
+        self._pools: dict[int, Pool] = {}
+        self._orders: dict[Any, tuple[str, ...]] = {}
         self._refit_cache: dict[tuple[str, int], QuickTuneSurrogate] = {}
-        self._paused_cache: dict[tuple[Any, ...], tuple[float, float, float]] = {}
-        self._conditioned: dict[Any, QuickTuneSurrogate] = {}  # the latest conditioned views (LRU)
-        self._n_conditioned = 0
+        self._views: OrderedDict[Any, QuickTuneSurrogate] = OrderedDict()
+        self._predictions = PredictionCache()
         self._memo: dict[Any, Any] = {}  # parsed curves of finished trials (StudyState.build)
-        self._step_costs: dict[Any, np.ndarray] = {}  # predicted cost of every step of a configuration
-        self._in_space: dict[str | None, bool] = {}
         self._warned: set[str] = set()
         self._fallback = RandomSampler(seed=seed)
         self.recovery = recovery if isinstance(recovery, Recovery) else Recovery(enabled=bool(recovery))
+
+    @property
+    def horizon(self) -> str:
+        return self.settings.horizon
+
+    @property
+    def cost_exponent(self) -> float:
+        return self.settings.cost_exponent
+
+    def clear_caches(self) -> None:
+        """Forget every cached pool, view and prediction (they are rebuilt on the next call)."""
+        for c in (self._pools, self._orders, self._refit_cache, self._views, self._memo):
+            c.clear()
+        self._predictions.clear()
 
     # ================================================================== Optuna API
     def reseed_rng(self) -> None:
@@ -180,7 +189,9 @@ class QuickTuneSampler(BaseSampler):
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         self._check_single_objective(study)
-        return dict(self.space.distributions)
+        # Only names the objective declared with the surrogate's distribution (else Optuna would fail
+        # the trial); the rest, and the first trial's, are served by sample_independent.
+        return self.space.relative_space_for(self.space.declared(study.get_trials(deepcopy=False)))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -193,11 +204,14 @@ class QuickTuneSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         self._check_single_objective(study)
+        chosen = trial.system_attrs.get(_PARAMS_KEY) or {}
+        why = self.space.fallback_reason(param_name, param_distribution, chosen)
+        if why is None:
+            return chosen[param_name]  # the proposed value, for a parameter outside the relative space
         if param_name not in self._warned:
             self._warned.add(param_name)
             optuna.logging.get_logger(__name__).warning(
-                f"Parameter {param_name!r} ({param_distribution}) is not in the surrogate's space "
-                f"{self.space.name!r} (or has another range); it is sampled independently at random."
+                f"Parameter {param_name!r} {why}; it is sampled independently at random."
             )
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
@@ -217,19 +231,15 @@ class QuickTuneSampler(BaseSampler):
             self._annotate_enqueued(study, trial)
             return
         for _ in range(8):
-            ctx = self._context(study)
-            actions = self.rank_actions(study, ctx=ctx, limit=8)
+            decision = self.decision(study)
+            actions = decision.actions(limit=8)
             if not actions:
                 return  # nothing left in the pool: every parameter falls back to random sampling
-            taken = False
             for action in actions:
-                self._claim(study, trial, action, ctx)
-                fresh = StudyState.build(study.get_trials(deepcopy=False), self.space, ctx.sign, self._memo)
+                self._claim(study, trial, action, decision)
+                fresh = StudyState.build(study.get_trials(deepcopy=False), self.space, decision.sign, self._memo)
                 if not fresh.conflicting(trial.number, action.config_id, action.resume_of):
-                    taken = True
-                    break
-            if taken:
-                return
+                    return
         _logger.warning("Trial %d: every top action was taken by other workers; using the last one.", trial.number)
 
     def after_trial(
@@ -240,42 +250,36 @@ class QuickTuneSampler(BaseSampler):
             _set_user_attr(study, trial, contract.PAUSED, True)
 
     # ================================================================== public helpers
-    def rank_actions(self, study: Study, *, ctx: _Context | None = None, exclude: int | None = None, limit: int | None = None) -> list[Action]:
-        """All possible next actions, best first (what the next trial would do)."""
-        ctx = ctx or self._context(study)
-        fmax, sign = ctx.fidelity_max, ctx.sign
-        configs, X, ids = self._pool(study)
-        used = ctx.state.used_config_ids()
-        mean1, std1, cost1 = self._new_predictions(study, ctx, X)
-        free = np.array([cid not in used for cid in ids])
-        actions: list[Action] = []
-        if free.any():
-            inc = ctx.state.incumbent(1 if self.horizon == "next" else fmax)
-            scores = cost_aware_score(mean1, std1, inc, cost1, self.cost_exponent)
-            scores = np.where(free, scores, -np.inf)
-            k = len(ids) if limit is None else min(limit, int(free.sum()))
-            order = np.argsort(-scores, kind="stable")[:k]
-            actions += [Action("new", configs[i], ids[i], float(scores[i]), 1) for i in order if np.isfinite(scores[i])]
-        paused = [v for v in ctx.state.resumable() if v.number != exclude and len(v.prefix) < fmax]
-        paused = [v for v in paused if self._contains(v.config_id, v.params)]
-        if paused:
-            actions += self._continuation_actions(ctx, paused, kind="resume")
-        actions.sort(key=lambda a: -a.score)
-        return actions if limit is None else actions[:limit]
+    def decision(self, study: Study) -> Decision:
+        """What the study knows and what the surrogate predicts now (one immutable object).
 
-    def continuation_score(self, study: Study, trial: FrozenTrial, ctx: _Context | None = None) -> float | None:
-        """The acquisition of continuing a running trial (used by :class:`QuickTunePruner`)."""
-        ctx = ctx or self._context(study)
-        view = ctx.state.trials.get(trial.number)
-        if view is None or not self.space.contains(trial.params) or len(view.prefix) >= ctx.fidelity_max:
-            return None
-        view.params = dict(trial.params)
-        return self._continuation_actions(ctx, [view], kind="continue")[0].score
+        The pruner and the dashboard read the same object, so what they show is what the
+        sampler decides with.
+        """
+        self._check_single_objective(study)
+        mf = self._metafeatures(study)
+        fmax = self._fidelity_max(study)
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        state = StudyState.build(study.get_trials(deepcopy=False), self.space, sign, self._memo)
+        seed = self._seed(study)
+        return Decision(
+            study_name=study.study_name, seed=seed, state=state, surrogate=self._model(study, state, mf, fmax, sign),
+            metafeatures=mf, fidelity_max=fmax, sign=sign, settings=self.settings, pool=self._pool(seed),
+            portfolio_order=self._portfolio_order(mf), cache=self._predictions,
+        )
+
+    def rank_actions(self, study: Study, *, limit: int | None = None) -> list[Action]:
+        """All possible next actions, best first (what the next trial would do)."""
+        return self.decision(study).actions(limit=limit)
+
+    def continuation_score(self, study: Study, trial: FrozenTrial) -> float | None:
+        """The acquisition of continuing a running trial (what :class:`QuickTunePruner` weighs)."""
+        action = self.decision(study).continuation(trial.number)
+        return None if action is None else action.score
 
     def predict_final(self, study: Study, params: Mapping[str, Any], prefix: Sequence[float] = ()) -> dict[str, float]:
         """Predicted final score (mean, std) and next-step cost of a configuration in this study."""
-        ctx = self._context(study)
-        return self._prediction_record(ctx, dict(params), np.asarray(prefix, dtype=np.float64))
+        return self.decision(study).prediction_record(dict(params), np.asarray(prefix, dtype=np.float64))
 
     def enqueue_portfolio(self, study: Study, k: int = 8) -> list[dict[str, Any]]:
         """Enqueue the ``k`` configurations with the best predicted final score as WAITING trials.
@@ -285,74 +289,86 @@ class QuickTuneSampler(BaseSampler):
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}.")
-        ctx = self._context(study)
-        configs, X, ids = self._pool(study)
-        used = ctx.state.used_config_ids()
-        final_mean, final_std = self._final_predictions(study, ctx, X)
-        order = np.argsort(-(ctx.sign * final_mean), kind="stable")
+        d = self.decision(study)
+        used = d.state.used_config_ids()
+        final_mean, final_std = d.final_predictions()
+        cost = d.new_predictions()[2]
         chosen = []
-        for i in order:
-            if ids[i] in used:
+        for i in np.argsort(-(d.sign * final_mean), kind="stable"):
+            cid = d.pool.ids[i]
+            if cid in used:
                 continue
-            cost = float(self._new_predictions(study, ctx, X)[2][i])
             study.enqueue_trial(
-                configs[i],
+                d.pool.configs[i],
                 user_attrs={
-                    contract.CONFIG_ID: ids[i],
+                    contract.CONFIG_ID: cid,
                     contract.PREDICTED: {
-                        "mean": float(final_mean[i]), "std": float(final_std[i]), "cost": cost,
-                        "fidelity": ctx.fidelity_max, "source": "portfolio",
+                        "mean": float(final_mean[i]), "std": float(final_std[i]), "cost": float(cost[i]),
+                        "fidelity": d.fidelity_max, "source": "portfolio",
                     },
                 },
             )
-            used.add(ids[i])
-            chosen.append(configs[i])
+            used.add(cid)
+            chosen.append(d.pool.configs[i])
             if len(chosen) == k:
                 break
         return chosen
 
     def current_surrogate(self, study: Study) -> QuickTuneSurrogate:
         """The surrogate used for this study now (the pretrained one unless ``refit``)."""
-        return self._context(study).surrogate
+        return self.decision(study).surrogate
 
-    # ================================================================== internals
+    # ================================================================== decision inputs
     def _check_single_objective(self, study: Study) -> None:
         contract.study_direction(study)  # ContractError (a ValueError) for a multi-objective study
-
-    def _contains(self, config_id: str | None, params: Mapping[str, Any]) -> bool:
-        if config_id is None:
-            return self.space.contains(params)
-        if config_id not in self._in_space:
-            self._in_space[config_id] = self.space.contains(params)
-        return self._in_space[config_id]
 
     def _seed(self, study: Study) -> int:
         if self.seed is not None:
             return int(self.seed)
         return int(hashlib.sha256(study.study_name.encode()).hexdigest()[:8], 16)
 
-    def _context(self, study: Study) -> _Context:
-        attrs = study.user_attrs
-        mf = self.metafeatures
-        if mf is None:
-            raw = attrs.get(contract.METAFEATURES)
-            if raw is None and self.surrogate.metafeature_names:
+    def _metafeatures(self, study: Study) -> dict[str, float] | None:
+        if self.metafeatures is not None:
+            return self.metafeatures
+        raw = study.user_attrs.get(contract.METAFEATURES)
+        if raw is None and self._impute.impute is not None:
+            return self._impute(None)
+        if raw is None:
+            if self.surrogate.metafeature_names:
                 raise MetaFeatureError(
                     f"No meta-features for study {study.study_name!r}: pass metafeatures={{...}} to "
                     f"QuickTuneSampler or set the study's {contract.METAFEATURES!r} user attribute. The "
                     f"surrogate needs {self.surrogate.metafeature_names}."
                 )
-            mf = contract.read_metafeatures(study)
-            if mf is not None:
-                self.surrogate.prep.metafeatures(mf)
-        fmax = self.fidelity_max
-        if fmax is None:
-            fmax = contract.read_fidelity(study) or self.surrogate.max_fidelity
-        contract.check_fidelity_fits(study, int(fmax), self.surrogate.max_fidelity)
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        state = StudyState.build(study.get_trials(deepcopy=False), self.space, sign, self._memo)
-        surrogate = self._model(study, state, mf, fmax, sign)
-        return _Context(surrogate, mf, int(fmax), sign, state)
+            return None
+        mf = self._impute(contract.parse_metafeatures(raw, study=study.study_name, allow_missing=self._impute.impute is not None))
+        self.surrogate.prep.metafeatures(mf)
+        return mf
+
+    def _fidelity_max(self, study: Study) -> int:
+        fmax = int(self.fidelity_max) if self.fidelity_max is not None else (
+            contract.read_fidelity(study) or self.surrogate.max_fidelity)
+        contract.check_fidelity_fits(study, fmax, self.surrogate.max_fidelity)
+        return fmax
+    def _pool(self, seed: int) -> Pool:
+        if seed not in self._pools:
+            configs = self.space.sample(self.n_candidates, seed)
+            configs += [self.space.decode(x) for x in self.surrogate.meta_configs]
+            if self.surrogate.portfolio is not None:
+                configs += self.surrogate.portfolio.configs(self.space)
+            self._pools[seed] = Pool.build(self.space, configs)
+        return self._pools[seed]
+
+    def _portfolio_order(self, mf: dict[str, float] | None) -> tuple[str, ...]:
+        table = self.surrogate.portfolio
+        if not self.settings.portfolio_first or table is None or table.X.shape[0] == 0:
+            return ()
+        use_mf = mf if self.settings.portfolio_weights == "metafeatures" else None
+        key = tuple(sorted((use_mf or {}).items()))
+        if key not in self._orders:
+            cols = table.order(table.weights(use_mf), size=self.settings.portfolio_first)
+            self._orders[key] = tuple(self.space.config_id(self.space.decode(table.X[j])) for j in cols)
+        return self._orders[key]
 
     def _model(self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float) -> QuickTuneSurrogate:
         base = self.surrogate
@@ -371,185 +387,48 @@ class QuickTuneSampler(BaseSampler):
                     tuned = fine_tune(self.surrogate, md, steps=self.refit_steps, seed=self._seed(study) + version)
                     if self.condition:
                         # Condition like the zero-shot view (meta context + finished runs, below)
-                        # rather than on fine_tune's sample of the study: one conditioning set, and
-                        # a context that does not double with every fine-tuning.
-                        base_ctx = self.surrogate.performance
-                        assert base_ctx.context is not None and base_ctx.context_y is not None
-                        tuned.performance.set_context(base_ctx.context, base_ctx.context_y)
+                        # rather than on fine_tune's sample of the study.
+                        ctx = self.surrogate.performance
+                        assert ctx.context is not None and ctx.context_y is not None
+                        tuned.performance.set_context(ctx.context, ctx.context_y)
                     self._refit_cache[key] = tuned
                 base = self._refit_cache[key]
-        return self._conditioned_model(study, state, mf, fmax, sign, base) if self.condition else base
+        return self._conditioned(study, state, mf, fmax, sign, base) if self.condition else base
 
-    def _conditioned_model(
+    def _conditioned(
         self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float,
         base: QuickTuneSurrogate,
     ) -> QuickTuneSurrogate:
-        """``base`` with the study's finished chains added to its GP context (weights unchanged).
+        """``base`` conditioned on the last score of every finished chain (the latest two views kept).
 
-        One point per chain (a trial and the trials that resumed it): its configuration, no
-        prefix, its last reported fidelity and score. Running trials are left out, so the view
-        changes only when a trial ends.
+        Running trials are left out, so the view changes only when a trial ends.
         """
         finished = {n: v for n, v in state.trials.items() if v.state.is_finished()}
         continued = {v.resume_of for v in finished.values() if v.resume_of is not None}
         ends = [
             v for n, v in finished.items()
-            if n not in continued and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self._contains(v.config_id, v.params)
+            if n not in continued and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self.space.contains(v.params)
         ]
         if not ends:
             return base
-        key = (_token(base), study.study_name, fmax, sign, tuple(sorted((mf or {}).items())), tuple((v.number, len(v.prefix)) for v in ends))
-        hit = self._conditioned.pop(key, None)
-        if hit is None:
-            import torch  # lazy, like the surrogate package
-
-            X = self.space.encode_many([v.params for v in ends])
+        key = (base.view_id, study.study_name, fmax, sign, tuple(sorted((mf or {}).items())),
+               tuple((v.number, len(v.prefix)) for v in ends))
+        if key not in self._views:
             lengths = np.array([min(len(v.prefix), fmax) for v in ends])
-            b = base.batch(X, None, lengths, fidelity_max=fmax, metafeatures=mf, sign=sign)
-            y = base.prep.z(np.array([v.prefix[min(len(v.prefix), fmax) - 1] for v in ends]), sign)
-            hit = copy.copy(base)
-            hit.performance = copy.copy(base.performance)
-            ctx_b, ctx_y = base.performance.context, base.performance.context_y
-            assert ctx_b is not None and ctx_y is not None
-            hit.performance.set_context(ctx_b.cat(b), torch.cat([ctx_y, torch.as_tensor(y, dtype=torch.float64)]))
-            self._n_conditioned += 1
-            hit._qt_token = ("conditioned", self._n_conditioned)  # type: ignore[attr-defined]
-        self._conditioned[key] = hit
-        while len(self._conditioned) > 2:
-            old = self._conditioned.pop(next(iter(self._conditioned)))
-            self._forget(_token(old))
-        return hit
-
-    def _forget(self, token: Any) -> None:
-        """Drop the cached predictions of a surrogate view that is no longer used."""
-        for k in [k for k in self._pred_cache if k[-1] == token]:
-            del self._pred_cache[k]
-        for k in [k for k in self._paused_cache if k[0] == token]:
-            del self._paused_cache[k]
-
-    def _pool(self, study: Study) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
-        seed = self._seed(study)
-        if seed not in self._pools:
-            configs = self.space.sample(self.n_candidates, seed)
-            for x in self.surrogate.meta_configs:
-                configs.append(self.space.decode(x))
-            ids, keep = [], []
-            seen: set[str] = set()
-            for c in configs:
-                cid = self.space.config_id(c)
-                if cid not in seen:
-                    seen.add(cid)
-                    ids.append(cid)
-                    keep.append(c)
-            self._pools[seed] = (keep, self.space.encode_many(keep), ids)
-        return self._pools[seed]
-
-    def _cache_key(self, study: Study, ctx: _Context, what: str) -> tuple[Any, ...]:
-        mf = tuple(sorted((ctx.metafeatures or {}).items()))
-        return (what, self._seed(study), mf, ctx.fidelity_max, ctx.sign, _token(ctx.surrogate))
-
-    def _new_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key = self._cache_key(study, ctx, "first-step")
-        if key not in self._pred_cache:
-            prefixes = [np.zeros(0)] * X.shape[0]
-            self._pred_cache[key] = self._horizon_predictions(ctx, X, prefixes)
-        m, sd, c = self._pred_cache[key]
-        return m, sd, c
-
-    def _targets(self, ctx: _Context, prefixes: Sequence[np.ndarray]) -> np.ndarray:
-        if self.horizon == "final":
-            return np.full(len(prefixes), ctx.fidelity_max)
-        return np.array([min(len(p) + 1, ctx.fidelity_max) for p in prefixes])
-
-    def _horizon_predictions(
-        self, ctx: _Context, X: np.ndarray, prefixes: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sign-adjusted mean, std at each action's target fidelity, and the cost to get there."""
-        s, fmax = ctx.surrogate, ctx.fidelity_max
-        target = self._targets(ctx, prefixes)
-        mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=ctx.metafeatures, sign=ctx.sign)
-        # The cost of every step still to run: row i needs steps len(prefix_i)+1 .. target_i.
-        start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
-        cum = np.cumsum(self._step_cost_matrix(ctx, X), axis=1)
-        cum = np.concatenate([np.zeros((X.shape[0], 1)), cum], axis=1)
-        rows = np.arange(X.shape[0])
-        hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)
-        cost = np.where(hi >= start, cum[rows, hi] - cum[rows, lo], 0.0)
-        return ctx.sign * mean, std, cost
-
-    def _step_cost_matrix(self, ctx: _Context, X: np.ndarray) -> np.ndarray:
-        """Predicted cost of each step 1..fidelity_max of every row of ``X``, shape ``(n, fmax)``.
-
-        A step's cost does not depend on the curve, so it is predicted once per configuration.
-        """
-        s, fmax = ctx.surrogate, ctx.fidelity_max
-        base = (id(s.cost), tuple(sorted((ctx.metafeatures or {}).items())), fmax)
-        keys = [base + (x.tobytes(),) for x in np.ascontiguousarray(X, dtype=np.float64)]
-        todo = [i for i, k in enumerate(keys) if k not in self._step_costs]
-        if todo:
-            rows = np.repeat(np.asarray(todo), fmax)
-            steps = np.tile(np.arange(1, fmax + 1), len(todo))
-            c = s.predict_cost(X[rows], steps, fidelity_max=fmax, metafeatures=ctx.metafeatures).reshape(len(todo), fmax)
-            for j, i in enumerate(todo):
-                self._step_costs[keys[i]] = c[j]
-        if not keys:
-            return np.zeros((0, fmax))
-        return np.stack([self._step_costs[k] for k in keys])
-
-    def _final_predictions(self, study: Study, ctx: _Context, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = self._cache_key(study, ctx, "final")
-        if key not in self._pred_cache:
-            mean, std = ctx.surrogate.predict(
-                X, None, ctx.fidelity_max, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures, sign=ctx.sign
+            y = np.array([v.prefix[b - 1] for v, b in zip(ends, lengths)])
+            self._views[key] = base.conditioned_on(
+                self.space.encode_many([v.params for v in ends]), lengths, y, fidelity_max=fmax, metafeatures=mf, sign=sign
             )
-            self._pred_cache[key] = (mean, std)
-        m, sd = self._pred_cache[key]
-        return m, sd
+        self._views.move_to_end(key)
+        while len(self._views) > 2:
+            self._views.popitem(last=False)
+        return self._views[key]
 
-    def _continuation_actions(self, ctx: _Context, views: list[Any], kind: str) -> list[Action]:
-        prefixes = [v.prefix for v in views]
-        mean, std, cost = np.zeros(len(views)), np.zeros(len(views)), np.zeros(len(views))
-        # A paused trial's curve does not change until it is resumed: its prediction is cached.
-        keys = [(_token(ctx.surrogate), ctx.fidelity_max, ctx.sign, v.number, len(v.prefix)) if kind == "resume" else None
-                for v in views]
-        todo = [i for i, k in enumerate(keys) if k is None or k not in self._paused_cache]
-        if todo:
-            X = self.space.encode_many([views[i].params for i in todo])
-            m, sd, c = self._horizon_predictions(ctx, X, [prefixes[i] for i in todo])
-            for j, i in enumerate(todo):
-                mean[i], std[i], cost[i] = m[j], sd[j], c[j]
-                if keys[i] is not None:
-                    self._paused_cache[keys[i]] = (m[j], sd[j], c[j])
-        for i, k in enumerate(keys):
-            if k is not None and i not in todo:
-                mean[i], std[i], cost[i] = self._paused_cache[k]
-        target = self._targets(ctx, prefixes)
-        inc = np.array([ctx.state.incumbent(int(b)) for b in target])
-        scores = cost_aware_score(mean, std, inc, cost, self.cost_exponent)
-        out = []
-        for v, sc, b in zip(views, scores, target):
-            out.append(
-                Action(
-                    kind, dict(v.params), v.config_id or self.space.config_id(v.params), float(sc), int(b),
-                    resume_of=v.number if kind == "resume" else None,
-                    checkpoint=None if kind != "resume" else _checkpoint_of(ctx, v.number),
-                    prefix_len=len(v.prefix),
-                )
-            )
-        return out
-
-    def _prediction_record(self, ctx: _Context, params: dict[str, Any], prefix: np.ndarray) -> dict[str, float]:
-        s = ctx.surrogate
-        x = self.space.encode(params)[None, :]
-        mean, std = s.predict(x, [prefix], ctx.fidelity_max, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures, sign=ctx.sign)
-        nxt = min(len(prefix) + 1, ctx.fidelity_max)
-        cost = s.predict_cost(x, nxt, fidelity_max=ctx.fidelity_max, metafeatures=ctx.metafeatures)
-        return {"mean": float(mean[0]), "std": float(std[0]), "cost": float(cost[0]), "fidelity": ctx.fidelity_max}
-
-    def _claim(self, study: Study, trial: FrozenTrial, action: Action, ctx: _Context) -> None:
+    # ================================================================== storage writes
+    def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:
         params = dict(action.config)
-        prefix = ctx.state.trials[action.resume_of].prefix if action.resume_of is not None else np.zeros(0)
-        record = self._prediction_record(ctx, params, prefix)
+        prefix = decision.state.trials[action.resume_of].prefix if action.resume_of is not None else np.zeros(0)
+        record = self._record(decision, params, prefix)
         record.update(source=action.kind, acquisition=action.score)
         _set_system_attr(study, trial, _PARAMS_KEY, params)
         _set_user_attr(study, trial, contract.CONFIG_ID, action.config_id)
@@ -563,27 +442,24 @@ class QuickTuneSampler(BaseSampler):
             _set_user_attr(study, trial, contract.RESUME_OF, None)
             _set_user_attr(study, trial, contract.CHECKPOINT, None)
 
+    def _record(self, decision: Decision, params: dict[str, Any], prefix: np.ndarray) -> dict[str, Any]:
+        record: dict[str, Any] = decision.prediction_record(params, prefix)
+        imputed = self._impute.imputed(decision.metafeatures)
+        if imputed:
+            record["imputed_metafeatures"] = imputed
+        return record
+
     def _annotate_enqueued(self, study: Study, trial: FrozenTrial) -> None:
         params = trial.system_attrs.get("fixed_params") or {}
         if contract.PREDICTED in trial.user_attrs or not self.space.contains(params):
             return
-        ctx = self._context(study)
+        decision = self.decision(study)
         parent = trial.user_attrs.get(contract.RESUME_OF)
-        prefix = ctx.state.trials[parent].prefix if parent in ctx.state.trials else np.zeros(0)
-        record = self._prediction_record(ctx, dict(params), prefix)
+        prefix = decision.state.trials[parent].prefix if parent in decision.state.trials else np.zeros(0)
+        record = self._record(decision, dict(params), prefix)
         record.update(source="enqueued")
         _set_user_attr(study, trial, contract.CONFIG_ID, self.space.config_id(params))
         _set_user_attr(study, trial, contract.PREDICTED, record)
-
-
-def _token(s: QuickTuneSurrogate) -> Any:
-    """A key for cached predictions of a surrogate (conditioned views carry their own)."""
-    return getattr(s, "_qt_token", id(s))
-
-
-def _checkpoint_of(ctx: _Context, number: int) -> str | None:
-    view = ctx.state.trials.get(number)
-    return None if view is None else view.checkpoint
 
 
 def _set_user_attr(study: Study, trial: FrozenTrial, key: str, value: Any) -> None:

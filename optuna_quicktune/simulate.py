@@ -46,7 +46,9 @@ class SimulatedTask:
     def lr_gap(self, config: Mapping[str, Any]) -> float:
         """Distance (decades) of the effective learning rate (lr x sqrt(batch / 8)) from the optimum."""
         batch = float(config.get("per_device_train_batch_size", 8)) * float(config.get("gradient_accumulation_steps", 1))
-        return math.log10(float(config["learning_rate"])) + 0.5 * math.log10(batch / 8.0) - self.log_lr_opt
+        # Optimizers of the conditional space: SGD needs a ~10x, Adafactor a ~2x larger rate than AdamW.
+        shift = {"sgd": -1.0, "adafactor": -0.3}.get(config.get("optim", "adamw_torch"), 0.0)
+        return math.log10(float(config["learning_rate"])) + 0.5 * math.log10(batch / 8.0) - self.log_lr_opt + shift
 
     def final_score(self, config: Mapping[str, Any]) -> float:
         lr_gap = self.lr_gap(config)
@@ -54,6 +56,8 @@ class SimulatedTask:
         score = self.ceiling - 0.3 * lr_gap**2 - 0.01 * rank_gap**2
         score += {"attention": 0.0, "attention_mlp": 0.015, "all_linear": 0.01}.get(config.get("target_modules"), 0.0)
         score -= 0.1 * float(config.get("lora_dropout", 0.0)) ** 2
+        if "adam_beta1" in config:  # AdamW's own settings (conditional space): best near 0.9 / 0.99
+            score -= 0.5 * abs(float(config["adam_beta1"]) - 0.9) + 2.0 * abs(float(config.get("adam_beta2", 0.99)) - 0.99)
         return float(score + self._noise(config))
 
     def curve(self, config: Mapping[str, Any], steps: int | None = None) -> np.ndarray:
@@ -77,11 +81,11 @@ class SimulatedTask:
 
 
 class SimulatedFamily:
-    """``n_tasks`` related tasks on the default LoRA space."""
+    """``n_tasks`` related tasks on the default LoRA space (or ``space``, e.g. ``lora_conditional_space()``)."""
 
-    def __init__(self, n_tasks: int = 8, *, fidelity_max: int = 10, seed: int = 0) -> None:
+    def __init__(self, n_tasks: int = 8, *, fidelity_max: int = 10, seed: int = 0, space: SearchSpace | None = None) -> None:
         rng = np.random.default_rng(seed)
-        self.space: SearchSpace = lora_space()
+        self.space: SearchSpace = space if space is not None else lora_space()
         self.tasks: list[SimulatedTask] = []
         for i in range(n_tasks):
             lr = rng.uniform(-5.0, -3.0)

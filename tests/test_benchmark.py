@@ -19,6 +19,7 @@ from optuna_quicktune.benchmark.replay import BudgetExhausted, Session
 from optuna_quicktune.benchmark.report import FRACTIONS, Reference, incumbent_at
 from optuna_quicktune.benchmark.runner import BenchConfig, run_benchmark
 from optuna_quicktune.benchmark.scenarios import TableScenario, configspace_to_space
+from optuna_quicktune.portfolio import greedy_order
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -45,7 +46,8 @@ def sim_scenario():
 def test_greedy_portfolio_picks_best_on_average_then_complements():
     # task 0 loves candidate 0, task 1 loves candidate 1; candidate 2 is second-best on both.
     S = np.array([[1.0, 0.0, 0.8, 0.1], [0.0, 1.0, 0.8, 0.1]])
-    order = bm.greedy_portfolio(S, 3)
+    R = (S.max(1, keepdims=True) - S) / (S.max(1, keepdims=True) - S.min(1, keepdims=True))
+    order = greedy_order(R, np.ones(2), 3)
     assert order[0] == 2  # best on average
     assert set(order[1:]) == {0, 1}
 

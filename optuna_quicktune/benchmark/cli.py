@@ -50,6 +50,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     y.add_argument("--fidelity-steps", type=int, default=10, help="levels of a float fidelity (geometric spacing)")
     y.add_argument("--cost-mode", choices=["cumulative", "per-fidelity"], help="cumulative (epochs) or per-fidelity (retrain per level)")
     y.add_argument("--epochs", default="2-51", help="LCBench epochs used as steps 1..L ('2-51': the 50 trained epochs; '1-52': all records)")
+    y.add_argument("--yahpo-constant", action="append", default=[], metavar="NAME=VALUE",
+                   help="hold an input at one value and leave it out of the search space (repeatable; "
+                   "adds to yahpo.json's \"constants\"; rbv2's repl is held at 10 unless given)")
     y.add_argument("--metafeatures", default="core", help="'core' (metafeatures.json's core list), 'none', or comma-separated names")
     p.add_argument("--tasks", help="comma-separated test tasks (default: every task; meta-training always uses the others)")
     p.add_argument("--max-tasks", type=int, help="use only the first N tasks of the scenario (smoke runs)")
@@ -61,7 +64,6 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--meta-time-limit", type=float, default=0.0, help="meta-training seconds per fold (0: none; a limit makes results depend on machine speed)")
     p.add_argument("--reference-size", type=int, default=20000, help="random configurations of the regret reference (YAHPO)")
     p.add_argument("--portfolio-size", type=int, default=64)
-    p.add_argument("--portfolio-candidates", type=int, default=2000, help="YAHPO: random configurations the static portfolio chooses from (scored at the largest fidelity on the meta-training tasks)")
     p.add_argument("--top-k-first", type=int, default=32, help="configurations of each one-step round of top-k-1step")
     p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's; a LoRA storage defaults to DEFAULT_LORA_CONFIG)")
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
@@ -87,6 +89,17 @@ def _fidelity_values(s: str | None) -> list[float] | None:
     return [float(x) for x in s.split(",")]
 
 
+def _constants(items: list[str]) -> dict[str, str]:
+    """``["repl=10"]`` -> ``{"repl": "10"}``; the scenario checks names and values against its inputs."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SystemExit(f"quicktune bench: --yahpo-constant wants NAME=VALUE (e.g. repl=10), got {item!r}.")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def build_scenario(args: argparse.Namespace) -> Any:
     from optuna_quicktune.benchmark import scenarios as sc
     from optuna_quicktune.metadataset import MetaDataset
@@ -107,6 +120,7 @@ def build_scenario(args: argparse.Namespace) -> Any:
             args.yahpo, fidelity=args.fidelity, metric=args.metric, cost=args.cost, direction=args.direction,
             preset=args.preset, fidelity_values=_fidelity_values(args.fidelity_values),
             fidelity_steps=args.fidelity_steps, cost_mode=args.cost_mode, metafeatures=mf, default_config=default,
+            constants=_constants(getattr(args, "yahpo_constant", None) or []),
         )
     if args.table:
         path = Path(args.table)
@@ -158,7 +172,7 @@ def run_bench(args: argparse.Namespace) -> int:
         methods=methods, seeds=seeds, tasks=tasks, budget_factor=args.budget_factor,
         n_meta_configs=args.meta_configs, meta_steps=args.meta_steps,
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
-        portfolio_size=args.portfolio_size, portfolio_candidates=args.portfolio_candidates, top_k_first=args.top_k_first, jobs=args.jobs,
+        portfolio_size=args.portfolio_size, top_k_first=args.top_k_first, jobs=args.jobs,
         quicktune_kwargs=_json_object(args.quicktune_kwargs, "--quicktune-kwargs"),
         pruner_kwargs=_json_object(args.pruner_kwargs, "--pruner-kwargs"), progress=not args.no_progress, resume=args.resume,
     )

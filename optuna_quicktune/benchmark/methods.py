@@ -15,6 +15,11 @@ DEHB runs through the ``dehb`` package's ask/tell interface on the same simulate
 ``default``            the scenario's default configuration, one full run
 ``portfolio``          static greedy best-on-average portfolio of the meta-training tasks, full
                        runs in portfolio order (then random search)
+``portfolio+sh``       the same order with successive halving (min 1 step, reduction factor 3): a
+                       run continues while it is in the top 1/3 of the runs at its rung
+``rush``               RUSH (Zappella et al. 2021): the best configuration of each meta-training
+                       task runs first (portfolio order) under successive halving; their scores at
+                       each rung are hurdles that every later (random) run must clear
 ``top-k-1step``        N random configurations for one step each, then the best by that score
                        continued to the end one after another
 ``zero-shot``          LLM tables: the base model without finetuning (its stored validation score,
@@ -39,9 +44,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from optuna_quicktune.benchmark.replay import BudgetExhausted, ReplayObjective, Session
 from optuna_quicktune import contract
+from optuna_quicktune.benchmark.rush import RushPruner
 from optuna_quicktune.space import SearchSpace
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "MethodContext", "run_method", "greedy_portfolio"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "PORTFOLIO_METHODS", "MethodContext", "run_method"]
 
 
 @dataclass
@@ -51,6 +57,7 @@ class MethodContext:
     seed: int
     surrogate_loader: Callable[[], Any] | None = None  # fold's meta-trained surrogate (lazy)
     portfolio: list[dict[str, Any]] = field(default_factory=list)  # greedy order, meta-training tasks
+    task_bests: list[dict[str, Any]] = field(default_factory=list)  # each meta-training task's best, portfolio order
     default_config: dict[str, Any] | None = None
     oracle: tuple[dict[str, Any], int] | None = None  # (config, step of its best score)
     top_k_first: int = 32
@@ -141,6 +148,22 @@ def run_default(session: Session, ctx: MethodContext) -> None:
 def run_portfolio(session: Session, ctx: MethodContext) -> None:
     study = _study(session, optuna.samplers.RandomSampler(seed=ctx.seed), None, "portfolio")
     for c in ctx.portfolio:
+        study.enqueue_trial(dict(c), skip_if_exists=True)
+    _optimize(session, study)
+
+
+def run_portfolio_sh(session: Session, ctx: MethodContext) -> None:
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    study = _study(session, optuna.samplers.RandomSampler(seed=ctx.seed), pruner, "portfolio-sh")
+    for c in ctx.portfolio:
+        study.enqueue_trial(dict(c), skip_if_exists=True)
+    _optimize(session, study)
+
+
+def run_rush(session: Session, ctx: MethodContext) -> None:
+    warm = ctx.task_bests or ctx.portfolio
+    study = _study(session, optuna.samplers.RandomSampler(seed=ctx.seed), RushPruner(len(warm)), "rush")
+    for c in warm:
         study.enqueue_trial(dict(c), skip_if_exists=True)
     _optimize(session, study)
 
@@ -245,10 +268,14 @@ METHODS: dict[str, Callable[[Session, MethodContext], None]] = {
     "dehb": run_dehb,
     "default": run_default,
     "portfolio": run_portfolio,
+    "portfolio+sh": run_portfolio_sh,
+    "rush": run_rush,
     "top-k-1step": run_top_k_1step,
     "zero-shot": run_zero_shot,
     "oracle": run_oracle,
 }
+#: Methods that are given the meta-training tasks' portfolio (built from the same table as QuickTune).
+PORTFOLIO_METHODS = ("portfolio", "portfolio+sh", "rush")
 #: Every method except ``zero-shot``, which only LLM tables support (the CLI adds it for them).
 DEFAULT_METHODS = [m for m in METHODS if m != "zero-shot"]
 
@@ -258,28 +285,3 @@ def run_method(name: str, session: Session, ctx: MethodContext) -> None:
         raise ValueError(f"Unknown method {name!r}; choose from {sorted(METHODS)}.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     METHODS[name](session, ctx)
-
-
-# ---------------------------------------------------------------------- portfolio
-def greedy_portfolio(scores: np.ndarray, size: int) -> list[int]:
-    """Greedy best-on-average portfolio from a (tasks x candidates) matrix of sign-adjusted scores.
-
-    Each task's scores are normalised to regrets in [0, 1] (best candidate 0, worst 1); the next
-    member is the candidate that most lowers the mean over tasks of the portfolio's best regret.
-    Ties (once the mean is 0) are broken by mean regret.
-    """
-    S = np.asarray(scores, dtype=np.float64)
-    best, worst = S.max(1, keepdims=True), S.min(1, keepdims=True)
-    R = (best - S) / np.maximum(best - worst, 1e-12)
-    current = np.ones(S.shape[0])
-    chosen: list[int] = []
-    mean_r = R.mean(0)
-    for _ in range(min(size, S.shape[1])):
-        gain = np.minimum(current[:, None], R).mean(0)
-        gain[chosen] = np.inf
-        # Lexicographic: lowest portfolio regret, then lowest mean regret of the candidate.
-        order = np.lexsort((mean_r, np.round(gain, 12)))
-        j = int(order[0])
-        chosen.append(j)
-        current = np.minimum(current, R[:, j])
-    return chosen

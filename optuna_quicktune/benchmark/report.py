@@ -28,7 +28,7 @@ import numpy as np
 __all__ = ["Reference", "summarise_run", "aggregate", "write_report", "FRACTIONS", "REPORT_FRACTIONS"]
 
 FRACTIONS = np.round(np.arange(0, 101) / 100.0, 2)  # budget grid (0%..100% by 1%)
-REPORT_FRACTIONS = (0.02, 0.1, 0.5, 1.0)
+REPORT_FRACTIONS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 AFTER_TRIALS = (1, 3, 5)
 
 

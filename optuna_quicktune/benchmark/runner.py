@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from optuna_quicktune.benchmark.methods import DEFAULT_METHODS, METHODS, MethodContext, greedy_portfolio, run_method
+from optuna_quicktune.benchmark.methods import DEFAULT_METHODS, METHODS, PORTFOLIO_METHODS, MethodContext, run_method
 from optuna_quicktune.benchmark.replay import Session
 from optuna_quicktune.benchmark.report import Reference, summarise_run
 from optuna_quicktune.benchmark.scenarios import Scenario, TableScenario, YahpoScenario
 from optuna_quicktune.metadataset import MetaDataset
+from optuna_quicktune.portfolio import PortfolioTable
 
 __all__ = ["BenchConfig", "run_benchmark", "prepare_references", "meta_table"]
 
@@ -55,7 +56,6 @@ class BenchConfig:
     n_reference: int = 20000  # random configurations of the normalisation set (YAHPO)
     reference_seed: int = 12345
     portfolio_size: int = 64
-    portfolio_candidates: int = 2000  # YAHPO: random configurations the portfolio chooses from
     top_k_first: int = 32
     max_trials: int = 5000
     jobs: int = 2
@@ -164,32 +164,10 @@ def prepare_references(scenario: Scenario, cfg: BenchConfig, tasks: Sequence[str
     return refs
 
 
-def portfolio_scores(scenario: Scenario, md: MetaDataset, cfg: BenchConfig, cache: Path | None) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Portfolio candidates and their sign-adjusted score on every task of the scenario (rows).
-
-    YAHPO scenarios: ``portfolio_candidates`` seeded random configurations scored at the largest
-    fidelity (cheap, so the portfolio can choose from many more configurations than the
-    meta-training table holds; cached). Tables: the table's configurations, best score of their
-    curve, replayed on every task (nearest neighbour where a task lacks one).
-    """
-    if isinstance(scenario, YahpoScenario):
-        path = None
-        key = _hash(scenario.fingerprint(), cfg.portfolio_candidates, cfg.table_seed)
-        candidates = scenario.space.sample(cfg.portfolio_candidates, cfg.table_seed + 7919)
-        if cache is not None:
-            path = cache / f"portfolio-{key}.npy"
-            if path.exists():
-                return candidates, np.load(path)
-        S = np.stack([scenario.sign * scenario.final_values(t, candidates)[0] for t in scenario.tasks])
-        if path is not None:
-            np.save(path, S)
-        return candidates, S
-    seen: dict[str, dict[str, Any]] = {}
-    for r in md.runs:
-        seen.setdefault(md.space.config_id(r.config), dict(r.config))
-    candidates = list(seen.values())
-    S = np.stack([np.max(scenario.sign * scenario.curves(t, candidates).values, axis=1) for t in scenario.tasks])
-    return candidates, S
+def portfolio_table(md: MetaDataset) -> PortfolioTable:
+    """The fair meta-table as a portfolio table: the same configurations and curves the surrogate
+    is meta-trained on, so the static portfolio and QuickTune see exactly the same meta-dataset."""
+    return PortfolioTable.from_metadataset(md)
 
 
 def _surrogate_dir(cache: Path, scenario: Scenario, cfg: BenchConfig, task: str, md_key: str) -> Path:
@@ -215,9 +193,9 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(scenario: Scenario, refs: dict[str, Reference], portfolios: dict[str, list[dict[str, Any]]],
-                 surrogates: dict[str, str], cfg: BenchConfig) -> None:
+                 task_bests: dict[str, list[dict[str, Any]]], surrogates: dict[str, str], cfg: BenchConfig) -> None:
     _quiet()
-    _STATE.update(scenario=scenario, refs=refs, portfolios=portfolios, surrogates=surrogates, cfg=cfg)
+    _STATE.update(scenario=scenario, refs=refs, portfolios=portfolios, task_bests=task_bests, surrogates=surrogates, cfg=cfg)
 
 
 def _quiet() -> None:
@@ -261,6 +239,7 @@ def _run_unit(unit: tuple[str, int, str]) -> dict[str, Any]:
         seed=int(seed) * 1000 + scenario.tasks.index(task),
         surrogate_loader=loader,
         portfolio=_STATE["portfolios"].get(task, []),
+        task_bests=_STATE["task_bests"].get(task, []),
         default_config=scenario.default_config,
         oracle=(ref.oracle_config, ref.oracle_step),
         top_k_first=cfg.top_k_first,
@@ -304,8 +283,8 @@ def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
     if method.startswith("quicktune"):
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs,
                cfg.pruner_kwargs, _quicktune_defaults()]
-    elif method == "portfolio":
-        own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size, cfg.portfolio_candidates]
+    elif method in PORTFOLIO_METHODS:
+        own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size]
     elif method == "top-k-1step":
         own = [cfg.top_k_first]
     return _hash(method, common, own)
@@ -337,12 +316,14 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     timings["prepare_s"] = time.perf_counter() - t0
 
     portfolios: dict[str, list[dict[str, Any]]] = {}
-    if "portfolio" in cfg.methods:
-        candidates, S = portfolio_scores(scenario, md, cfg, cache)
-        names = list(scenario.tasks)
+    task_bests: dict[str, list[dict[str, Any]]] = {}
+    if any(m in PORTFOLIO_METHODS for m in cfg.methods):
+        table = portfolio_table(md)
         for task in tasks:
-            rows = [i for i, n in enumerate(names) if n != task]
-            portfolios[task] = [candidates[j] for j in greedy_portfolio(S[rows], cfg.portfolio_size)]
+            fold = table.without_tasks([task])
+            configs = fold.configs(scenario.space)
+            portfolios[task] = [configs[j] for j in fold.order(size=cfg.portfolio_size)]
+            task_bests[task] = [configs[j] for j in fold.task_bests()]
 
     surrogates: dict[str, str] = {}
     fold_seconds: dict[str, float] = {}
@@ -384,7 +365,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     t0 = time.perf_counter()
     with runs_path.open("a") as sink:
         for r in _map(_run_unit, units, cfg.jobs, "runs", cfg.progress, init=_init_worker,
-                      initargs=(scenario, refs, portfolios, surrogates, cfg)):
+                      initargs=(scenario, refs, portfolios, task_bests, surrogates, cfg)):
             r["run_key"] = keys[r["method"]]
             sink.write(json.dumps(r, default=str) + "\n")
             sink.flush()

@@ -42,6 +42,7 @@ from optuna.distributions import (
 )
 
 from optuna_quicktune import contract
+from optuna_quicktune.benchmark.configspace import configspace_to_space
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.space import SearchSpace
 
@@ -54,7 +55,7 @@ __all__ = [
     "YAHPO_PRESETS",
     "lcbench",
     "configspace_to_space",
-]
+]  # configspace_to_space lives in optuna_quicktune.benchmark.configspace; kept here for callers
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Scenario:
             "name": self.name, "tasks": list(self.tasks), "fidelity_max": self.fidelity_max,
             "fidelity_unit": self.fidelity_unit, "metric": self.metric, "direction": self.direction,
             "cost_mode": self.cost_mode, "space": self.space.names, "fingerprint": self.fingerprint(),
-            "default_config": self.default_config,
+            "default_config": self.default_config, "constants": dict(getattr(self, "constants", {})),
             "zero_shot": {t: self.zero_shot_score(t) for t in self.tasks} if self.has_zero_shot else None,
         }
 
@@ -284,46 +285,6 @@ LCBENCH_DEFAULT = {
 }
 
 
-def configspace_to_space(cs_json: Mapping[str, Any], *, exclude: Sequence[str] = (), name: str = "yahpo") -> tuple[SearchSpace, dict[str, Any], dict[str, Any]]:
-    """Optuna distributions from a ConfigSpace JSON (unconditional spaces only).
-
-    Returns the space (without ``exclude``), the ConfigSpace defaults and the excluded entries.
-    """
-    if cs_json.get("conditions"):
-        raise ValueError(
-            "This config_space.json has conditions (a hierarchical space); the replay supports "
-            "unconditional spaces only. Use a YAHPO scenario without conditions (e.g. lcbench, iaml_*)."
-        )
-    if cs_json.get("forbiddens"):
-        raise ValueError("This config_space.json has forbidden clauses; the replay does not support them.")
-    dists: dict[str, BaseDistribution] = {}
-    defaults: dict[str, Any] = {}
-    excluded: dict[str, Any] = {}
-    for hp in cs_json["hyperparameters"]:
-        n, kind = hp["name"], hp["type"]
-        if kind == "uniform_int":
-            d: BaseDistribution = IntDistribution(int(hp["lower"]), int(hp["upper"]), log=bool(hp.get("log", False)))
-        elif kind == "uniform_float":
-            d = FloatDistribution(float(hp["lower"]), float(hp["upper"]), log=bool(hp.get("log", False)))
-        elif kind == "categorical":
-            d = CategoricalDistribution(list(hp["choices"]))
-        elif kind == "ordinal":
-            d = CategoricalDistribution(list(hp["sequence"]))
-        elif kind == "constant":
-            d = CategoricalDistribution([hp["value"]])
-        else:
-            raise ValueError(f"Hyperparameter {n!r} has type {kind!r}, which the replay does not support.")
-        if n in exclude:
-            excluded[n] = {"distribution": d, "raw": hp}
-            continue
-        dists[n] = d
-        if "default" in hp:
-            defaults[n] = hp["default"]
-        elif kind == "constant":
-            defaults[n] = hp["value"]
-    return SearchSpace(dists, name=name), defaults, excluded
-
-
 def _parse_codomain(param_set_r: str) -> dict[str, str]:
     """``{target: "maximize"|"minimize"}`` from a paradox ``param_set.R`` codomain, if present."""
     m = re.search(r"codomain\s*=\s*ps\((.*?)\n\)", param_set_r, re.S)
@@ -350,6 +311,17 @@ class YahpoScenario(Scenario):
         tasks: Instance ids to use (default ``tasks.txt`` of the folder, else every instance).
         metafeatures: ``"core"`` uses the ``core`` list of ``metafeatures.json`` (if present),
             ``"none"`` runs dataset-agnostic, or pass a list of names.
+        constants: Inputs held at one value in every query and left out of the search space (a
+            replicate index such as rbv2's ``repl``, or a second fidelity-like input). Merged over
+            the layout's ``"constants"`` (``yahpo.json``). An input named ``repl`` that is neither
+            the fidelity nor given here is held at its largest value: YAHPO lists it as a
+            fidelity of the rbv2 scenarios, and tuning it would let an optimiser pick a lucky
+            replicate.
+
+    The metric defaults to the layout's ``"metric"``, else ``val_accuracy`` if the model has it,
+    else the model's first output that is not the cost. The cost mode defaults to the layout's
+    ``"cost_mode"``, else ``"per-fidelity"`` for a float fidelity (a training-set fraction is a
+    retraining) and ``"cumulative"`` for an integer one (epochs continue).
     """
 
     def __init__(
@@ -369,6 +341,7 @@ class YahpoScenario(Scenario):
         default_config: Mapping[str, Any] | None = None,
         name: str | None = None,
         threads: int = 1,
+        constants: Mapping[str, Any] | None = None,
     ) -> None:
         self.folder = Path(folder)
         for f in ("config_space.json", "encoding.json", "model.onnx"):
@@ -381,9 +354,9 @@ class YahpoScenario(Scenario):
         self.layout = layout
         self.name = name or self.folder.name
         self.fidelity_param = fidelity or layout.get("fidelity_param")
-        self.metric = metric or "val_accuracy"
         self.cost_name = cost or layout.get("runtime_name")
         y_names = list(layout["y_names"])
+        self.metric = metric or layout.get("metric") or _default_metric(y_names, self.cost_name)
         for what, v in (("metric", self.metric), ("cost", self.cost_name)):
             if v not in y_names:
                 raise ValueError(f"The {what} output {v!r} is not one of the model's outputs {y_names}.")
@@ -402,9 +375,6 @@ class YahpoScenario(Scenario):
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"direction must be 'maximize' or 'minimize', not {direction!r}.")
         self.direction = direction
-        self.cost_mode = cost_mode or layout.get("cost_mode", "cumulative")
-        if self.cost_mode not in ("cumulative", "per-fidelity"):
-            raise ValueError(f"cost_mode must be 'cumulative' or 'per-fidelity', not {self.cost_mode!r}.")
         self.cont_names = list(layout["cont_names"])
         self.cat_names = list(layout["cat_names"])
         self.instance_name = layout.get("instance_name") or self.cat_names[0]
@@ -412,14 +382,30 @@ class YahpoScenario(Scenario):
             raise ValueError(f"The fidelity {self.fidelity_param!r} is not a continuous input {self.cont_names}.")
 
         cs_json = json.loads((self.folder / "config_space.json").read_text())
+        cs_names = {hp["name"] for hp in cs_json["hyperparameters"]}
+        wanted = {**dict(layout.get("constants") or {}), **dict(constants or {})}
+        for n in (self.instance_name, self.fidelity_param):
+            if n in wanted:
+                raise ValueError(f"{n!r} is the instance or the fidelity of this scenario; it cannot be held constant.")
+        if "repl" in cs_names and "repl" not in wanted and self.fidelity_param != "repl":
+            wanted["repl"] = None  # its largest value, filled in below
+        unknown = sorted(set(wanted) - cs_names)
+        if unknown:
+            raise ValueError(f"Constant inputs {unknown} are not in config_space.json; its inputs are {sorted(cs_names)}.")
         self.space, cs_defaults, excluded = configspace_to_space(
-            cs_json, exclude=[self.instance_name, self.fidelity_param], name=f"yahpo-{self.name}"
+            cs_json, exclude=[self.instance_name, self.fidelity_param, *wanted], name=f"yahpo-{self.name}"
         )
         missing = [n for n in self.cont_names + self.cat_names if n not in self.space.distributions and n not in excluded]
         if missing:
             raise ValueError(f"Inputs {missing} of the layout are not in config_space.json.")
         self.encoding: dict[str, dict[str, int]] = json.loads((self.folder / "encoding.json").read_text())
+        self.constants = {n: _constant_value(n, v, excluded[n]["distribution"]) for n, v in wanted.items()}
         fid_d = excluded[self.fidelity_param]["distribution"]
+        self.cost_mode = cost_mode or layout.get("cost_mode") or (
+            "per-fidelity" if isinstance(fid_d, FloatDistribution) else "cumulative"
+        )
+        if self.cost_mode not in ("cumulative", "per-fidelity"):
+            raise ValueError(f"cost_mode must be 'cumulative' or 'per-fidelity', not {self.cost_mode!r}.")
         if fidelity_values is None:
             if isinstance(fid_d, IntDistribution):
                 fidelity_values = list(range(fid_d.low, fid_d.high + 1))
@@ -461,7 +447,7 @@ class YahpoScenario(Scenario):
         if default_config is None:
             default_config = {k: v for k, v in cs_defaults.items() if k in self.space.distributions}
         if default_config is not None:
-            default_config = {k: default_config[k] for k in self.space.names}
+            default_config = {k: default_config[k] for k in self.space.active(default_config)}
             self.space.validate(default_config)
         self.default_config = dict(default_config) if default_config is not None else None
         self.model_name = self.name
@@ -520,6 +506,8 @@ class YahpoScenario(Scenario):
         h.update(str((self.folder / "model.onnx").stat().st_size).encode())
         h.update(json.dumps([self.space.fingerprint, self.metric, self.cost_name, self.cost_mode,
                              self.fidelity_values.tolist(), self.tasks, self._mf], sort_keys=True).encode())
+        if self.constants:  # only when there are some: fingerprints of scenarios without stay as they were
+            h.update(json.dumps(self.constants, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ queries
@@ -529,14 +517,25 @@ class YahpoScenario(Scenario):
         n, f = len(configs), len(fidelities)
         x_cont = np.zeros((n, f, len(self.cont_names)), dtype=np.float32)
         x_cat = np.zeros((n, f, len(self.cat_names)), dtype=np.int32)
+        # Inactive inputs go in as YAHPO Gym sends them: 0.0 (continuous) and "#na#" (categorical).
+        active = [set(self.space.active(c)) for c in configs] if self.space.is_conditional else None
         for j, name in enumerate(self.cont_names):
             if name == self.fidelity_param:
                 x_cont[:, :, j] = np.asarray(fidelities, dtype=np.float32)[None, :]
+            elif name in self.constants:
+                x_cont[:, :, j] = float(self.constants[name])
             else:
-                x_cont[:, :, j] = np.asarray([float(c[name]) for c in configs], dtype=np.float32)[:, None]
+                x_cont[:, :, j] = np.asarray([
+                    float(c[name]) if active is None or name in active[i] else 0.0 for i, c in enumerate(configs)
+                ], dtype=np.float32)[:, None]
         for j, name in enumerate(self.cat_names):
             codes = self.encoding[name]
-            vals = [str(task)] * n if name == self.instance_name else [str(c[name]) for c in configs]
+            if name == self.instance_name:
+                vals = [str(task)] * n
+            elif name in self.constants:
+                vals = [str(self.constants[name])] * n
+            else:
+                vals = [str(c[name]) if active is None or name in active[i] else "#na#" for i, c in enumerate(configs)]
             try:
                 x_cat[:, :, j] = np.asarray([codes[v] for v in vals], dtype=np.int32)[:, None]
             except KeyError as e:
@@ -571,6 +570,32 @@ class YahpoScenario(Scenario):
             c = out[:, 0, self._y_cost]
             costs.append(c)
         return np.concatenate(vals), np.concatenate(costs)
+
+
+def _default_metric(y_names: Sequence[str], cost_name: str | None) -> str:
+    if "val_accuracy" in y_names:
+        return "val_accuracy"
+    return next((y for y in y_names if y != cost_name), y_names[0])
+
+
+def _constant_value(name: str, value: Any, dist: BaseDistribution) -> Any:
+    """The value an input is held at: checked against its ConfigSpace range (None: its largest value)."""
+    if value is None:
+        if isinstance(dist, CategoricalDistribution):
+            raise ValueError(f"Say which value to hold {name!r} at (one of {list(dist.choices)}).")
+        return dist.high
+    if isinstance(dist, CategoricalDistribution):
+        match = [c for c in dist.choices if str(c) == str(value)]
+        if not match:
+            raise ValueError(f"Constant {name}={value!r} is not one of {list(dist.choices)}.")
+        return match[0]
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Constant {name}={value!r} is not a number; {name!r} is numeric.") from None
+    if not dist.low <= v <= dist.high:
+        raise ValueError(f"Constant {name}={value!r} is outside its range [{dist.low}, {dist.high}].")
+    return int(v) if isinstance(dist, IntDistribution) else v
 
 
 def _finite(v: Any) -> bool:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,11 @@ from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.surrogate.gp import ExactGP, Posterior
 from optuna_quicktune.surrogate.networks import CostNet, FeatureExtractor
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
+
+if TYPE_CHECKING:
+    from optuna_quicktune.portfolio import PortfolioTable
+
+_VIEW_IDS = itertools.count()
 
 __all__ = ["PerformanceSurrogate", "CostSurrogate", "QuickTuneSurrogate"]
 
@@ -96,6 +102,21 @@ class PerformanceSurrogate:
             mean, var = post.predict(self.embed(b))
         return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
 
+    def conditioned(self, b: Batch, y: np.ndarray | torch.Tensor) -> "PerformanceSurrogate":
+        """A new view that also conditions on ``(b, y)``; weights are shared and never change.
+
+        The posterior is extended, not recomputed: the meta-training context is embedded and
+        factorised once, whatever number of study runs is added to it.
+        """
+        y = torch.as_tensor(y, dtype=torch.float64)
+        base = self.posterior()
+        view = copy.copy(self)
+        assert self.context is not None and self.context_y is not None
+        view.context, view.context_y = self.context.cat(b), torch.cat([self.context_y, y])
+        with torch.no_grad():
+            view._posterior = base.extended(self.embed(b), y)
+        return view
+
     def invalidate(self) -> None:
         self._posterior = None
 
@@ -128,6 +149,7 @@ class QuickTuneSurrogate:
         *,
         meta_configs: np.ndarray | None = None,
         info: Mapping[str, Any] | None = None,
+        portfolio: "PortfolioTable | None" = None,
     ) -> None:
         self.space = space
         self.prep = prep
@@ -135,6 +157,12 @@ class QuickTuneSurrogate:
         self.cost = cost
         self.meta_configs = np.zeros((0, space.dim)) if meta_configs is None else np.asarray(meta_configs)
         self.info: dict[str, Any] = dict(info or {})
+        # The meta-dataset's normalised regret table (a dataset-aware portfolio is built from it);
+        # None for surrogates saved before it was stored.
+        self.portfolio = portfolio
+        # Cache keys: a conditioned view gets a new view_id; it shares the cost network (cost_id).
+        self.view_id = f"view-{next(_VIEW_IDS)}"
+        self.cost_id = self.view_id
 
     # --------------------------------------------------------------- identity
     @property
@@ -164,7 +192,33 @@ class QuickTuneSurrogate:
         return h.hexdigest()[:16]
 
     def copy(self) -> "QuickTuneSurrogate":
-        return copy.deepcopy(self)
+        out = copy.deepcopy(self)
+        out.view_id = out.cost_id = f"view-{next(_VIEW_IDS)}"
+        return out
+
+    def conditioned_on(
+        self,
+        X: np.ndarray,
+        fidelities: np.ndarray | Sequence[int],
+        y: np.ndarray | Sequence[float],
+        *,
+        fidelity_max: int,
+        metafeatures: Mapping[str, float] | np.ndarray | None,
+        sign: float = 1.0,
+    ) -> "QuickTuneSurrogate":
+        """A new view whose GP also sees scores ``y`` of configurations ``X`` at ``fidelities``.
+
+        Still zero-shot: no weight changes, only the conditioning set grows, so what the study saw
+        moves the predictions of similar configurations. ``self`` is left as it was.
+        """
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        if X.shape[0] == 0:
+            return self
+        b = self.batch(X, None, np.asarray(fidelities), fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
+        view = copy.copy(self)
+        view.performance = self.performance.conditioned(b, self.prep.z(np.asarray(y, dtype=np.float64), sign))
+        view.view_id = f"view-{next(_VIEW_IDS)}"
+        return view
 
     # --------------------------------------------------------------- inputs
     def batch(

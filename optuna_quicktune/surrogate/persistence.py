@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from optuna_quicktune.errors import SurrogateFormatError
+from optuna_quicktune.portfolio import PortfolioTable
 from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, _all_tensors
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
@@ -40,6 +41,8 @@ def save(s: QuickTuneSurrogate, directory: str | Path) -> Path:
             tensors[f"context.{f}"] = getattr(perf.context, f).contiguous().clone()
         tensors["context.y"] = perf.context_y.contiguous().clone()
     tensors["meta_configs"] = torch.as_tensor(s.meta_configs, dtype=torch.float32).contiguous()
+    if s.portfolio is not None:
+        tensors.update(portfolio_tensors(s.portfolio))
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
     config = {
         "format_version": FORMAT_VERSION,
@@ -51,6 +54,8 @@ def save(s: QuickTuneSurrogate, directory: str | Path) -> Path:
         "cost": {"hparams": s.cost.hparams, "trained": s.cost.trained},
         "info": s.info,
     }
+    if s.portfolio is not None:
+        config["portfolio"] = {"tasks": list(s.portfolio.tasks), "metafeature_names": list(s.portfolio.metafeature_names)}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
     return directory
 
@@ -116,7 +121,35 @@ def load(directory: str | Path) -> QuickTuneSurrogate:
         space, prep, perf, cost,
         meta_configs=None if meta is None else meta.double().numpy(),
         info=config.get("info", {}),
+        portfolio=portfolio_from_tensors(tensors, config.get("portfolio"), space.dim, w_path),
     )
+
+
+def portfolio_tensors(p: PortfolioTable) -> dict[str, torch.Tensor]:
+    # float64: the regret table's ties decide the greedy order, which must survive a round trip.
+    return {
+        "portfolio.X": torch.as_tensor(p.X, dtype=torch.float64).contiguous(),
+        "portfolio.R": torch.as_tensor(p.R, dtype=torch.float64).contiguous(),
+        "portfolio.metafeatures": torch.as_tensor(p.metafeatures, dtype=torch.float64).contiguous(),
+    }
+
+
+def portfolio_from_tensors(tensors: dict[str, torch.Tensor], record: Any, dim: int, path: Path) -> PortfolioTable | None:
+    """The stored portfolio table, checked for shape; None for surrogates saved without one."""
+    if record is None or "portfolio.R" not in tensors:
+        return None
+    try:
+        names = tuple(str(n) for n in record["metafeature_names"])
+        tasks = tuple(str(t) for t in record["tasks"])
+        X, R, M = (tensors[f"portfolio.{k}"].double().numpy() for k in ("X", "R", "metafeatures"))
+    except (KeyError, TypeError) as e:
+        raise SurrogateFormatError(f"{path}: the portfolio table is incomplete ({e!r}).") from e
+    if X.ndim != 2 or X.shape[1] != dim or R.shape != (len(tasks), X.shape[0]) or M.shape != (len(tasks), len(names)):
+        raise SurrogateFormatError(
+            f"{path}: the portfolio table's shapes disagree (configurations {tuple(X.shape)}, regret {tuple(R.shape)}, "
+            f"meta-features {tuple(M.shape)}, {len(tasks)} tasks); the file is corrupted."
+        )
+    return PortfolioTable(X=X, R=R, metafeatures=M, metafeature_names=names, tasks=tasks)
 
 
 def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:

@@ -9,6 +9,20 @@ u = (slog(m) - mf_mean) / mf_std with slog(v) = sign(v) * log1p(|v|): meta-featu
     counts spanning orders of magnitude (instances, features) enter on a comparable scale.
 The inputs of one query are the encoded configuration x, the curve prefix z_1..z_p (zero-padded
 to F, with a mask), the prefix length p / fidelity_max, the target fidelity s / fidelity_max and u.
+
+Conditional parameters
+----------------------
+x is :meth:`SearchSpace.encode <optuna_quicktune.space.SearchSpace.encode>`: each conditional
+parameter adds an active indicator (1/0) after its own coordinates, and an inactive parameter's
+coordinates hold a neutral value (0.5 for a float/int, an all-zero one-hot for a categorical). The
+networks need nothing else: the indicator lets them tell "inactive" from "at its lower bound".
+
+Missing meta-features
+---------------------
+``mf_train_mean`` holds, per meta-feature, the arithmetic mean of the meta-training tasks' values
+(raw units; stored with the weights since this version). :func:`impute_metafeatures` fills missing
+or non-finite meta-features of a new dataset with it, but only when asked (``impute="train_mean"``):
+by default a missing name stays an error, since a guessed value silently changes every prediction.
 """
 
 from __future__ import annotations
@@ -17,13 +31,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import logging
+import math
+
 import numpy as np
 import torch
 
 from optuna_quicktune.contract import METAFEATURES
 from optuna_quicktune.errors import MetaFeatureError
 
-__all__ = ["Preprocessing", "Batch", "slog"]
+__all__ = ["Preprocessing", "Batch", "slog", "impute_metafeatures", "MetafeatureImputer", "IMPUTE_CHOICES"]
+
+_logger = logging.getLogger(__name__)
+
+#: What ``QuickTuneSampler(impute=...)`` accepts: ``None`` (missing meta-features are an error)
+#: or ``"train_mean"`` (fill them with the surrogate's meta-training mean).
+IMPUTE_CHOICES = (None, "train_mean")
 
 
 def slog(v: np.ndarray) -> np.ndarray:
@@ -40,6 +63,7 @@ class Preprocessing:
     mf_std: list[float]
     logc_mean: float
     logc_std: float
+    mf_train_mean: list[float] | None = None  # raw-unit mean over the training tasks; None: saved before it existed
 
     # ----------------------------------------------------------------- fitting
     @classmethod
@@ -58,6 +82,7 @@ class Preprocessing:
             mf_std=[float(s) if s > 1e-12 else 1.0 for s in (M.std(0) if M.size else [])],
             logc_mean=float(logc.mean()) if logc.size else 0.0,
             logc_std=float(logc.std() or 1.0) if logc.size else 1.0,
+            mf_train_mean=arrays["M"].mean(0).tolist() if arrays["M"].size else [],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +131,79 @@ class Preprocessing:
 
     def cost(self, normalised_log_cost: np.ndarray) -> np.ndarray:
         return np.exp(np.asarray(normalised_log_cost) * self.logc_std + self.logc_mean)
+
+
+def impute_metafeatures(
+    prep: Preprocessing, mf: Mapping[str, float] | None, impute: str | None
+) -> tuple[dict[str, float] | None, list[str]]:
+    """``mf`` with missing or non-finite names filled (``impute="train_mean"``), and those names.
+
+    With ``impute=None`` nothing changes (the surrogate then refuses incomplete meta-features).
+    Names the surrogate does not know are left in place, so the usual error still names them.
+    """
+    if impute not in IMPUTE_CHOICES:
+        raise ValueError(f"impute must be one of {list(IMPUTE_CHOICES)}, not {impute!r}.")
+    names = prep.metafeature_names
+    if impute is None or not names:
+        return (None if mf is None else dict(mf)), []
+    given = dict(mf or {})
+    missing = [n for n in names if not _finite(given.get(n))]
+    if not missing:
+        return given, []
+    if prep.mf_train_mean is None or len(prep.mf_train_mean) != len(names):
+        raise MetaFeatureError(
+            f"impute='train_mean' needs the meta-feature means of the surrogate's training tasks, and this "
+            f"surrogate was saved without them (before they were stored). Retrain it with meta_train(...), or "
+            f"pass all of {names} (missing: {missing})."
+        )
+    means = dict(zip(names, prep.mf_train_mean))
+    filled = {**given, **{n: float(means[n]) for n in missing}}
+    return filled, missing
+
+
+class MetafeatureImputer:
+    """:func:`impute_metafeatures` for a sampler: checked once, logged once per dataset.
+
+    A sampler meets the same meta-features on every trial; it logs which names it imputed the
+    first time, and can say later which values of a filled dict are guesses (for the record).
+    """
+
+    def __init__(self, prep: Preprocessing, impute: str | None) -> None:
+        if impute not in IMPUTE_CHOICES:
+            raise ValueError(f"impute must be one of {list(IMPUTE_CHOICES)}, not {impute!r}.")
+        self.prep = prep
+        self.impute = impute
+        self._seen: dict[tuple[Any, ...], tuple[dict[str, float] | None, list[str]]] = {}
+        self._names: dict[tuple[Any, ...], list[str]] = {}
+
+    def __call__(self, mf: Mapping[str, float] | None) -> dict[str, float] | None:
+        key = _key(mf)
+        if key not in self._seen:
+            filled, names = impute_metafeatures(self.prep, mf, self.impute)
+            if names:
+                assert filled is not None
+                _logger.warning(
+                    "Imputed meta-features %s with the surrogate's training means %s: predictions for "
+                    "this dataset rest on a guess for them.", names, {n: round(filled[n], 6) for n in names},
+                )
+                self._names[_key(filled)] = names
+            self._seen[key] = (filled, names)
+        return self._seen[key][0]
+
+    def imputed(self, filled: Mapping[str, float] | None) -> list[str]:
+        """The names of ``filled`` (a result of this imputer) that hold imputed values."""
+        return list(self._names.get(_key(filled), []))
+
+
+def _key(mf: Mapping[str, float] | None) -> tuple[Any, ...]:
+    return ("none",) if mf is None else tuple(sorted((str(k), repr(v)) for k, v in mf.items()))
+
+
+def _finite(v: object) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass

@@ -241,7 +241,12 @@ def meta_train(
     ctx_b, ctx_y = data.sample(data.tasks, context_size, np.random.default_rng(seed + 3))
     perf.set_context(ctx_b, ctx_y)
     meta_configs = np.unique(np.round(arrays["X"], 6), axis=0)
-    return QuickTuneSurrogate(metadataset.space, prep, perf, cost, meta_configs=meta_configs, info=info)
+    from optuna_quicktune.portfolio import PortfolioTable
+
+    return QuickTuneSurrogate(
+        metadataset.space, prep, perf, cost, meta_configs=meta_configs, info=info,
+        portfolio=PortfolioTable.from_metadataset(metadataset),
+    )
 
 
 @_on_one_thread

@@ -1,0 +1,304 @@
+"""QuickTune's decision rule: what to run next, and whether a running trial is worth continuing.
+
+Notation
+--------
+mu, sigma: the surrogate's predicted mean and std (sign-adjusted, higher is better) of an action's
+score at its target fidelity b; y*: the best score observed so far (at b, or the nearest lower
+fidelity); c: the predicted cost of the steps needed to reach b (see :mod:`.acquisition`).
+
+The rule, in the order it is applied
+------------------------------------
+1. **Portfolio first.** The study's first ``portfolio_first`` new configurations are the members
+   of the greedy portfolio of the surrogate's meta-dataset (:mod:`.portfolio`), in order. The
+   zero-shot surrogate's own ranking of configurations never seen on this task is less reliable
+   than the configurations that won on many earlier tasks, so the worst case of the start is the
+   static portfolio's.
+2. **Then the surrogate.** Every other action is scored by cost-aware expected improvement
+   ``EI(mu, sigma; y*) / c ** cost_exponent`` and the best is taken. The actions are *new*
+   configurations of the candidate pool (seeded random draws of the space plus the meta-dataset's
+   configurations), *neighbours* of this study's best finished runs (``n_local`` of them, where the
+   conditioned surrogate knows most), and *resumptions* of paused trials (freeze-thaw).
+3. **Continue or stop.** A running trial is scored like a resumption of itself;
+   :class:`~optuna_quicktune.pruner.QuickTunePruner` compares that score with the best
+   alternative action of the same :class:`Decision`.
+
+A :class:`Decision` is built once per sampler or pruner call from the storage (so workers and
+restarted processes agree) and is immutable; the predictions it makes are kept in one bounded
+:class:`PredictionCache`, keyed by the surrogate *view* they came from.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from optuna_quicktune.acquisition import cost_aware_score
+from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.study_state import StudyState, TrialView
+from optuna_quicktune.surrogate.model import QuickTuneSurrogate
+
+__all__ = ["Action", "Decision", "DecisionSettings", "Pool", "PredictionCache", "local_candidates"]
+
+
+class DecisionSettings(NamedTuple):
+    """The sampler's knobs that the decision rule reads (see :class:`~.sampler.QuickTuneSampler`)."""
+
+    horizon: str = "final"
+    cost_exponent: float = 0.0
+    portfolio_first: int = 5
+    portfolio_weights: str = "uniform"
+    n_local: int = 64
+    local_scale: float = 0.1
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing the study could do next: start a configuration, or resume a paused trial."""
+
+    kind: str  # "new" | "resume" | "continue"
+    config: dict[str, Any]
+    config_id: str
+    score: float
+    fidelity: int  # the fidelity the acquisition looked at
+    resume_of: int | None = None
+    checkpoint: str | None = None
+    prefix_len: int = 0
+    priority: int = 0  # 1: the next member of the portfolio (taken before any score)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Candidate configurations, their encodings and ids (built once per seed)."""
+
+    configs: list[dict[str, Any]]
+    X: np.ndarray
+    ids: list[str]
+
+    @classmethod
+    def build(cls, space: SearchSpace, configs: Sequence[Mapping[str, Any]], exclude: set[str] = frozenset()) -> "Pool":  # type: ignore[assignment]
+        keep, ids, seen = [], [], set(exclude)
+        for c in configs:
+            cid = space.config_id(c)
+            if cid not in seen:
+                seen.add(cid)
+                ids.append(cid)
+                keep.append(dict(c))
+        X = space.encode_many(keep) if keep else np.zeros((0, space.dim))
+        return cls(keep, X, ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class PredictionCache:
+    """The one bounded cache of predictions (least recently used entries are dropped).
+
+    Keys start with the surrogate's ``view_id``; a conditioned view is a new view, so stale
+    predictions are never read, only aged out.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.maxsize = int(maxsize)
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        value = compute()
+        self._data[key] = value
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def local_candidates(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int, scale: float, seed: Sequence[int]) -> list[dict[str, Any]]:
+    """``n`` Gaussian perturbations (std ``scale`` in the [0, 1] encoding) spread over ``centres``."""
+    if not centres or n < 1:
+        return []
+    rng = np.random.default_rng(list(seed))
+    out = []
+    for i in range(n):
+        x = space.encode(centres[i % len(centres)])
+        out.append(space.decode(np.clip(x + rng.normal(0.0, scale, x.shape), 0.0, 1.0)))
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the study knows and what the surrogate predicts now; shared by sampler, pruner and dashboard."""
+
+    study_name: str
+    seed: int
+    state: StudyState
+    surrogate: QuickTuneSurrogate  # the view decisions use (conditioned on the study, refit if asked)
+    metafeatures: dict[str, float] | None
+    fidelity_max: int
+    sign: float
+    settings: DecisionSettings
+    pool: Pool
+    portfolio_order: tuple[str, ...] = ()
+    cache: PredictionCache = field(default_factory=PredictionCache, compare=False, repr=False)
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.surrogate.space
+
+    # ------------------------------------------------------------------ actions
+    def actions(self, *, exclude: int | None = None, limit: int | None = None) -> list[Action]:
+        """Every possible next action, best first (what the next trial would do)."""
+        used = self.state.used_config_ids()
+        pool = self.pool
+        mean, std, cost = self.new_predictions()
+        local = self.local_pool(used)
+        if len(local):
+            lm, ls, lc = self.cache.get((self.surrogate.view_id, "local", tuple(local.ids)),
+                                        lambda: self.predict_horizon(local.X, [np.zeros(0)] * len(local)))
+            configs, ids = pool.configs + local.configs, pool.ids + local.ids
+            mean, std, cost = np.concatenate([mean, lm]), np.concatenate([std, ls]), np.concatenate([cost, lc])
+        else:
+            configs, ids = pool.configs, pool.ids
+        free = np.fromiter((cid not in used for cid in ids), dtype=bool, count=len(ids))
+        out: list[Action] = []
+        if free.any():
+            inc = self.state.incumbent(1 if self.settings.horizon == "next" else self.fidelity_max)
+            scores = np.where(free, cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), -np.inf)
+            member = self.next_portfolio_member(used)
+            k = len(ids) if limit is None else min(limit, int(free.sum()))
+            order = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+            if member is not None and member in ids:
+                j = ids.index(member)
+                order = [j] + [i for i in order if i != j]
+            out += [Action("new", configs[i], ids[i], float(scores[i]), 1, priority=int(ids[i] == member))
+                    for i in order if np.isfinite(scores[i])]
+        paused = [v for v in self.state.resumable() if v.number != exclude and len(v.prefix) < self.fidelity_max
+                  and self.space.contains(v.params)]
+        out += self.continuations(paused, kind="resume")
+        out.sort(key=lambda a: (-a.priority, -a.score))
+        return out if limit is None else out[:limit]
+
+    def continuation(self, number: int) -> Action | None:
+        """Continuing trial ``number`` by one more action, scored like any alternative (None: not scorable)."""
+        view = self.state.trials.get(number)
+        if view is None or not len(view.prefix) or len(view.prefix) >= self.fidelity_max or not self.space.contains(view.params):
+            return None
+        return self.continuations([view], kind="continue")[0]
+
+    def next_portfolio_member(self, used: set[str]) -> str | None:
+        """The next unused portfolio member while the study has started fewer than ``portfolio_first``."""
+        if not self.portfolio_order:
+            return None
+        started = sum(1 for v in self.state.trials.values() if v.resume_of is None and v.config_id is not None)
+        if started >= self.settings.portfolio_first:
+            return None
+        return next((cid for cid in self.portfolio_order if cid not in used), None)
+
+    def local_pool(self, used: set[str]) -> Pool:
+        """Neighbours of the study's three best finished runs (seeded by the study and those runs)."""
+        if not self.settings.n_local:
+            return Pool([], np.zeros((0, self.space.dim)), [])
+        ends = [v for v in self.state.trials.values() if v.state.is_finished() and len(v.prefix) and not v.continued
+                and np.isfinite(v.prefix).any() and self.space.contains(v.params)]
+        best = sorted(ends, key=lambda v: (-float(np.nanmax(self.sign * v.prefix)), v.number))[:3]
+        key = (self.seed, tuple(v.number for v in best))
+        n, scale = self.settings.n_local, self.settings.local_scale
+        pool = self.cache.get(
+            ("local-pool", self.space.fingerprint, n, scale, key, len(self.pool)),
+            lambda: Pool.build(self.space, local_candidates(self.space, [v.params for v in best], n, scale, key[:1] + key[1]),
+                               exclude=set(self.pool.ids)),
+        )
+        if not any(cid in used for cid in pool.ids):
+            return pool
+        keep = [i for i, cid in enumerate(pool.ids) if cid not in used]
+        return Pool([pool.configs[i] for i in keep], pool.X[keep], [pool.ids[i] for i in keep])
+
+    # ------------------------------------------------------------------ predictions
+    def new_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sign-adjusted mean, std and cost of every pool configuration started from scratch."""
+        key = (self.surrogate.view_id, "new", self.seed, self._mf_key(), self.fidelity_max, self.sign, self.settings.horizon)
+        return self.cache.get(key, lambda: self.predict_horizon(self.pool.X, [np.zeros(0)] * len(self.pool), pooled=True))
+
+    def final_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted final score (metric units) of every pool configuration, mean and std."""
+        key = (self.surrogate.view_id, "final", self.seed, self._mf_key(), self.fidelity_max, self.sign)
+        return self.cache.get(key, lambda: self.surrogate.predict(
+            self.pool.X, None, self.fidelity_max, fidelity_max=self.fidelity_max, metafeatures=self.metafeatures, sign=self.sign))
+
+    def continuations(self, views: Sequence[TrialView], kind: str) -> list[Action]:
+        if not views:
+            return []
+        prefixes = [v.prefix for v in views]
+        if kind == "resume":  # a paused curve does not change until it is resumed
+            key = (self.surrogate.view_id, "resume", self._mf_key(), self.fidelity_max, self.sign,
+                   tuple((v.number, len(v.prefix)) for v in views))
+            mean, std, cost = self.cache.get(key, lambda: self.predict_horizon(self.space.encode_many([v.params for v in views]), prefixes))
+        else:
+            X = self.space.encode_many([v.params for v in views])
+            steps = np.stack([self.cache.get((self.surrogate.cost_id, "step-costs", self._mf_key(), self.fidelity_max, x.tobytes()),
+                                             lambda x=x: self.step_costs(x[None, :])[0]) for x in X])
+            mean, std, cost = self.predict_horizon(X, prefixes, steps=steps)
+        target = self.targets(prefixes)
+        inc = np.array([self.state.incumbent(int(b)) for b in target])
+        scores = cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent)
+        return [
+            Action(kind, dict(v.params), v.config_id or self.space.config_id(v.params), float(sc), int(b),
+                   resume_of=v.number if kind == "resume" else None,
+                   checkpoint=v.checkpoint if kind == "resume" else None, prefix_len=len(v.prefix))
+            for v, sc, b in zip(views, scores, target)
+        ]
+
+    def targets(self, prefixes: Sequence[np.ndarray]) -> np.ndarray:
+        if self.settings.horizon == "final":
+            return np.full(len(prefixes), self.fidelity_max)
+        return np.array([min(len(p) + 1, self.fidelity_max) for p in prefixes])
+
+    def predict_horizon(
+        self, X: np.ndarray, prefixes: Sequence[np.ndarray], pooled: bool = False, steps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sign-adjusted mean and std at each action's target fidelity, and the cost to get there."""
+        s, fmax = self.surrogate, self.fidelity_max
+        target = self.targets(prefixes)
+        mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign)
+        start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
+        if steps is None:
+            steps = self.pool_step_costs() if pooled else self.step_costs(X)
+        cum = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(steps, axis=1)], axis=1)
+        rows = np.arange(X.shape[0])
+        hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)
+        cost = np.where(hi >= start, cum[rows, hi] - cum[rows, lo], 0.0)
+        return self.sign * mean, std, cost
+
+    def pool_step_costs(self) -> np.ndarray:
+        key = (self.surrogate.cost_id, "pool-step-costs", self.seed, self._mf_key(), self.fidelity_max)
+        return self.cache.get(key, lambda: self.step_costs(self.pool.X))
+
+    def step_costs(self, X: np.ndarray) -> np.ndarray:
+        """Predicted cost of each step 1..fidelity_max of every row of ``X``, shape ``(n, fmax)``."""
+        fmax = self.fidelity_max
+        if X.shape[0] == 0:
+            return np.zeros((0, fmax))
+        rows = np.repeat(np.arange(X.shape[0]), fmax)
+        steps = np.tile(np.arange(1, fmax + 1), X.shape[0])
+        c = self.surrogate.predict_cost(X[rows], steps, fidelity_max=fmax, metafeatures=self.metafeatures)
+        return c.reshape(X.shape[0], fmax)
+
+    def prediction_record(self, params: Mapping[str, Any], prefix: np.ndarray) -> dict[str, float]:
+        """What is stored with a trial at proposal: predicted final mean/std and next-step cost."""
+        s, fmax = self.surrogate, self.fidelity_max
+        x = self.space.encode(params)[None, :]
+        mean, std = s.predict(x, [prefix], fmax, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign)
+        cost = s.predict_cost(x, min(len(prefix) + 1, fmax), fidelity_max=fmax, metafeatures=self.metafeatures)
+        return {"mean": float(mean[0]), "std": float(std[0]), "cost": float(cost[0]), "fidelity": fmax}
+
+    def _mf_key(self) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted((self.metafeatures or {}).items()))
