@@ -222,10 +222,15 @@ def chaos_figures(study: Any) -> dict[str, Any]:
         for step in t.intermediate_values:
             covered[cid][int(step)].append(t.number)
     duplicates = sorted({(cid, s) for cid, steps in covered.items() for s, ns in steps.items() if len(ns) > 1})
-    recovered = [t for t in trials if t.state == TS.FAIL and t.user_attrs.get(contract.RECOVERED_BY)]
-    retried = {t.user_attrs.get(contract.RETRY_OF) for t in trials if t.user_attrs.get(contract.RETRY_OF) is not None}
-    never = [t.number for t in recovered if t.user_attrs.get(contract.RETRY_OF) is None and t.number not in retried
-             and (t.params or t.system_attrs.get(contract.PARAMS))]
+    died = [t for t in trials if t.state == TS.FAIL and "died while running" in str(t.user_attrs.get(contract.FAIL_REASON))]
+    recovered = died
+    retries = [t for t in trials if t.user_attrs.get(contract.RETRY_OF) is not None
+               and not str(t.user_attrs.get(contract.FAIL_REASON, "")).startswith("duplicate retry")]
+    retried = {t.user_attrs[contract.RETRY_OF] for t in retries}
+    # A configuration is lost when a killed run (not itself a retry) chose it and no live trial has it.
+    held = {t.user_attrs.get(contract.CONFIG_ID) for t in trials if t.state in (TS.COMPLETE, TS.PRUNED)}
+    never = [t.number for t in recovered if t.user_attrs.get(contract.RETRY_OF) is None
+             and t.user_attrs.get(contract.CONFIG_ID) is not None and t.user_attrs[contract.CONFIG_ID] not in held]
     retry_done = sum(1 for t in trials if t.user_attrs.get(contract.RETRY_OF) is not None and t.state in (TS.COMPLETE, TS.PRUNED))
     return {
         "trials": len(trials),
@@ -236,6 +241,7 @@ def chaos_figures(study: Any) -> dict[str, Any]:
         "retries_finished": retry_done,
         "killed_never_rerun": len(never),
         "retries_killed_again": sum(1 for t in recovered if t.user_attrs.get(contract.RETRY_OF) is not None),
+        "duplicate_retries_cancelled": sum(1 for t in trials if str(t.user_attrs.get(contract.FAIL_REASON, "")).startswith("duplicate retry")),
         "duplicates": len(duplicates),
         "running_left": sum(t.state == TS.RUNNING for t in trials),
         "waiting_left": sum(t.state == TS.WAITING for t in trials),

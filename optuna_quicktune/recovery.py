@@ -107,8 +107,8 @@ def recover_stale_trials(study: Study, *, grace_period: float = 120.0, retry: bo
     """Fail the RUNNING trials of dead workers (``quicktune.fail_reason`` says so); returns their numbers.
 
     With ``retry``, each recovered configuration that is not itself a retry is enqueued again (a
-    WAITING trial with ``quicktune.retry_of``), by exactly one of the workers that recover it.
-    Safe to call from any number of workers at once, and from a process that runs no trial
+    WAITING trial with ``quicktune.retry_of``), once, unless another trial already runs it. Safe
+    to call from any number of workers at once, and from a process that runs no trial
     (``quicktune recover``).
     """
     me, now = worker_id(), time.time()
@@ -118,43 +118,75 @@ def recover_stale_trials(study: Study, *, grace_period: float = 120.0, retry: bo
             continue
         lease = t.system_attrs.get(contract.LEASE)
         who = f"worker {lease.get('worker', '?').split('|')[0]} pid {lease.get('pid')}" if isinstance(lease, dict) else "a worker"
-        if _fail_once(study, t, f"{who} died while running it (recovered by pid {os.getpid()})"):
+        if _recover(study, t, f"{who} died while running it (recovered by pid {os.getpid()})", retry):
             recovered.append(t.number)
-            if retry:
-                _retry(study, t)
     return recovered
 
 
-def _fail_once(study: Study, t: FrozenTrial, reason: str) -> bool:
-    """Fail ``t``; True for exactly one of several workers doing it at once."""
+def _recover(study: Study, t: FrozenTrial, reason: str, retry: bool) -> bool:
+    """Fail ``t`` and enqueue its retry; True for exactly one of several workers doing it at once.
+
+    The retry is enqueued *before* the FAIL, so a recoverer killed in between loses nothing: the
+    next one finds the retry and only fails the trial. Two recoverers racing may both enqueue; the
+    storage then decides (the last ``quicktune.recovered_by`` written before the first FAIL) and
+    the other cancels its copy while it is still WAITING.
+    """
     storage = study._storage  # noqa: SLF001 - Optuna's samplers write trials the same way
     token = f"{worker_id()}|{os.getpid()}|{time.monotonic_ns()}"
     try:
         storage.set_trial_user_attr(t._trial_id, contract.RECOVERED_BY, token)  # noqa: SLF001
         storage.set_trial_user_attr(t._trial_id, contract.FAIL_REASON, reason)  # noqa: SLF001
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
     except UpdateFinishedTrialError:
         return False  # finished meanwhile: by its worker, or failed by another one
+    mine = _enqueue_retry(study, t, token) if retry else None
+    try:
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
+    except UpdateFinishedTrialError:
+        pass
     # The first FAIL fixed the trial; the token it carries is the last one written before it.
     final = storage.get_trial(t._trial_id)  # noqa: SLF001
     won = final.state == TrialState.FAIL and final.user_attrs.get(contract.RECOVERED_BY) == token
     if won:
         _logger.warning("Trial %d of study %r: %s; marked FAIL.", t.number, study.study_name, reason)
+    elif mine is not None:
+        _cancel(study, mine, f"duplicate retry of trial {t.number} (another worker recovered it)")
     return won
 
 
-def _retry(study: Study, t: FrozenTrial) -> None:
+def _enqueue_retry(study: Study, t: FrozenTrial, token: str) -> FrozenTrial | None:
+    """Enqueue ``t``'s configuration again unless it is a retry, never chose one, or is held elsewhere."""
     if t.user_attrs.get(contract.RETRY_OF) is not None:
-        return  # once: a retry that died is not run a third time
+        return None  # once: a retry that died is not run a third time
     params = {**dict(t.system_attrs.get("fixed_params") or {}), **dict(t.system_attrs.get(contract.PARAMS) or {}),
               **dict(t.params)}
     if not params:
-        return  # it died before a configuration was chosen: nothing was lost
-    attrs: dict[str, Any] = {contract.RETRY_OF: t.number}
+        return None  # it died before a configuration was chosen: nothing was lost
+    trials = study.get_trials(deepcopy=False)
+    if any(o.user_attrs.get(contract.RETRY_OF) == t.number and o.state != TrialState.FAIL for o in trials):
+        return None  # a recoverer that died after enqueueing already did it
+    parent, cid = t.user_attrs.get(contract.RESUME_OF), t.user_attrs.get(contract.CONFIG_ID)
+    others = [o for o in trials if o.number != t.number and o.state != TrialState.FAIL]
+    if parent is not None and any(o.user_attrs.get(contract.RESUME_OF) == parent for o in others):
+        return None  # another trial continues that paused run
+    if parent is None and cid is not None and any(o.user_attrs.get(contract.CONFIG_ID) == cid for o in others):
+        return None  # another trial holds the configuration (e.g. it died mid-claim of a resumption)
+    attrs: dict[str, Any] = {contract.RETRY_OF: t.number, contract.RECOVERED_BY: token}
     for key in (contract.CONFIG_ID, contract.RESUME_OF, contract.CHECKPOINT):
         if t.user_attrs.get(key) is not None:
             attrs[key] = t.user_attrs[key]
     study.enqueue_trial(params, user_attrs=attrs)
+    return next((o for o in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                 if o.user_attrs.get(contract.RECOVERED_BY) == token), None)
+
+
+def _cancel(study: Study, retry: FrozenTrial, reason: str) -> None:
+    storage = study._storage  # noqa: SLF001
+    try:
+        if storage.get_trial(retry._trial_id).state == TrialState.WAITING:  # noqa: SLF001
+            storage.set_trial_user_attr(retry._trial_id, contract.FAIL_REASON, reason)  # noqa: SLF001
+            storage.set_trial_state_values(retry._trial_id, TrialState.FAIL)  # noqa: SLF001
+    except UpdateFinishedTrialError:
+        pass
 
 
 @contextlib.contextmanager
