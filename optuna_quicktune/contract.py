@@ -30,8 +30,8 @@ from optuna_quicktune.space import SearchSpace
 __all__ = [
     "TASK", "METAFEATURES", "FIDELITY", "SPACE", "ZERO_SHOT", "COLLECT_INFO",
     "COST", "CONFIG_ID", "PREDICTED", "PAUSED", "RESUME_OF", "CHECKPOINT", "FAIL_REASON", "RETRY_OF",
-    "TEST_SCORE", "TEST_METRIC_PREFIX", "VAL_METRICS", "CONFIG_INDEX", "COLLECT_CPU_COST",
-    "COLLECT_COST_SOURCE", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
+    "TEST_SCORE", "TEST_METRIC_PREFIX", "VAL_METRICS", "CONFIG_INDEX", "CPU_COST",
+    "COST_SOURCE", "DUPLICATE_OF", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
     "TaskInfo", "RunInfo", "ContractError",
     "describe_task", "record_cost", "read_task", "read_trial", "read_metafeatures", "read_fidelity",
     "parse_metafeatures", "parse_fidelity", "study_direction", "read_resume_of", "check_fidelity_fits",
@@ -59,8 +59,9 @@ TEST_SCORE = "quicktune.test_score"  # the task metric on the test split, after 
 TEST_METRIC_PREFIX = "quicktune.test."  # per-metric test scores: quicktune.test.exact_match, ...
 VAL_METRICS = "quicktune.val_metrics"  # every validation metric at each reported step
 CONFIG_INDEX = "quicktune.collect.index"  # position of the configuration in a collection's list
-COLLECT_CPU_COST = "quicktune.collect.cpu_cost"  # CPU-measured costs kept beside converted ones
-COLLECT_COST_SOURCE = "quicktune.collect.cost_source"  # how quicktune.cost was obtained
+CPU_COST = "quicktune.collect.cpu_cost"  # CPU seconds measured when GPU costs were converted
+COST_SOURCE = "quicktune.collect.cost_source"  # how quicktune.cost was derived
+DUPLICATE_OF = "quicktune.collect.duplicate_of"  # stopped before training: another trial has its config
 
 # Trial system attributes (written by the plugin, not meant for users)
 PARAMS = "quicktune.params"  # the parameters the sampler chose in before_trial

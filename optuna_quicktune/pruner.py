@@ -1,6 +1,6 @@
 """QuickTunePruner: stop (or pause) a run when its next step is worth less than the best alternative.
 
-At every reported fidelity the pruner asks the sampler's surrogates for the cost-aware expected
+At each rung (reported steps 1, 2, 3, 4, 6, 8, 12, ...; see ``rungs``) the pruner asks the sampler's surrogates for the cost-aware expected
 improvement of continuing this trial one more step, and compares it with the best other action the
 study could take instead (a new configuration or a paused one). The trial is pruned when
 
@@ -55,7 +55,8 @@ class QuickTunePruner(BasePruner):
             the transfer prior from the first run on.
         keep_leader: Never stop a run that leads at its fidelity: its score there is at least every
             other run's score at that fidelity, or at the other run's last fidelity if it stopped
-            earlier (and there is at least one other run). Why: when the
+            earlier; the study's first run leads by definition (there is no evidence against it,
+            only the transfer prior, and under the defaults it is the portfolio's first member). Why: when the
             zero-shot surrogate is wrong about a task, fresh candidates keep a high uncertainty
             at the final fidelity, win the comparison, and every run is stopped after one or two
             steps, so the budget goes into low-fidelity exploration and no run finishes. The
@@ -124,8 +125,10 @@ class QuickTunePruner(BasePruner):
         reached = len(view.prefix) if view is not None else 0
         if reached < self.min_steps or reached >= decision.fidelity_max:
             return False
-        if self.keep_leader and view is not None and state.leads(view.number, reached, decision.sign):
-            return False
+        if self.keep_leader and view is not None and (
+            state.leads(view.number, reached, decision.sign) or not state.has_other_runs(view.number)
+        ):
+            return False  # the best curve so far, or the only one: no evidence yet against it
         mine = decision.continuation(trial.number)
         if mine is None:
             return False

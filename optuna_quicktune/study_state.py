@@ -122,6 +122,14 @@ class StudyState:
         others = [o for o in others if np.isfinite(o)]
         return bool(others) and bool(np.isfinite(mine)) and mine >= max(others)
 
+    def has_other_runs(self, number: int) -> bool:
+        """Whether any run outside trial ``number``'s chain has reported a score."""
+        chain, n = set(), number
+        while n is not None and n not in chain:
+            chain.add(n)
+            n = self.trials[n].resume_of if n in self.trials else None
+        return any(len(v.prefix) > 0 for k, v in self.trials.items() if k not in chain)
+
     def conflicting(self, number: int, config_id: str, resume_of: int | None) -> bool:
         """Whether any other trial holds this configuration (or continues this parent).
 

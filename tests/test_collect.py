@@ -104,3 +104,126 @@ def test_collect_never_prunes_even_when_the_study_has_better_runs(tiny_model, tm
     run = [t for t in optuna.load_study(study_name=name, storage=url).trials if "quicktune.config_id" in t.user_attrs]
     assert [t.state for t in run] == [optuna.trial.TrialState.COMPLETE]
     assert sorted(run[0].intermediate_values) == [1, 2]
+
+
+# ---------------------------------------------------------------------- the user's own datasets
+def _user_rows(prefix: str, n: int = 20) -> list[dict[str, str]]:
+    words = ["red", "green", "blue", "cyan", "gold", "grey", "pink", "teal", "navy", "plum"]
+    return [{"prompt": f"What is the {prefix} code {i}?", "reply": words[(i * 3 + len(prefix)) % len(words)]}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """Two of the user's datasets (a JSONL and a CSV file, own column names) and a tiny model for them."""
+    import csv
+    import json
+
+    folder = tmp_path_factory.mktemp("user-data")
+    a, b = folder / "a.jsonl", folder / "b.csv"
+    a.write_text("".join(json.dumps(r) + "\n" for r in _user_rows("alpha")))
+    with b.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "reply"])
+        w.writeheader()
+        w.writerows(_user_rows("beta"))
+    texts = [v for r in _user_rows("alpha") + _user_rows("beta") for v in r.values()]
+    model = folder / "tiny-phi3"
+    build_tiny_phi3(texts, save_to=str(model), seed=0)
+    return a, b, str(model)
+
+
+def test_quicktune_collect_on_user_datasets_with_step_fidelity(user_data, tmp_path, capsys):
+    import json
+
+    from optuna_quicktune.cli import main as quicktune
+
+    a, b, model = user_data
+    url = f"sqlite:///{tmp_path / 'mine.db'}"
+    argv = ["collect", "--data", f"{a},{b}", "--question-column", "prompt", "--answer-column", "reply",
+            "--model", model, "--storage", url, "--configs", "2", "--eval-every-steps", "1", "--max-steps", "8",
+            "--metric", "eval_loss", "--max-length", "48", "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress"]
+    assert quicktune(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trials_run"] == 4 and set(summary["tasks"]) == {"a", "b"}
+    assert summary["fidelity"] == {"unit": "step", "eval_every_steps": 1, "max_steps": 8}
+
+    md = MetaDataset.from_storage(url)
+    assert sorted(t.dataset for t in md.tasks) == ["a", "b"] and len(md.runs) == 4
+    assert all(t.fidelity_unit == "step" and t.fidelity_max == 8 for t in md.tasks)
+    assert all(r.length == 8 for r in md.runs)
+    for name in optuna.get_all_study_names(url):
+        study = optuna.load_study(study_name=name, storage=url)
+        assert study.user_attrs[contract.FIDELITY] == {"unit": "step", "max": 8}
+        info = study.user_attrs[contract.COLLECT_INFO]
+        assert info["source"].endswith((".jsonl", ".csv")) and info["columns"]["answer"] == "reply"
+        assert set(study.user_attrs[ZERO_SHOT]) == {"validation", "test"}
+        for t in study.trials:  # every run a full curve of 8 points, with its place in the configuration list
+            assert t.state == optuna.trial.TrialState.COMPLETE and sorted(t.intermediate_values) == list(range(1, 9))
+            assert t.user_attrs[contract.CONFIG_INDEX] in (0, 1) and len(t.user_attrs[contract.COST]) == 8
+
+    assert quicktune(argv) == 0  # resumable: nothing left to run
+    assert json.loads(capsys.readouterr().out)["trials_run"] == 0
+
+
+def test_collect_refuses_bad_user_data_before_running(user_data, tmp_path):
+    a, _, model = user_data
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with pytest.raises(ValueError, match="does not exist"):
+        collect(data=[tmp_path / "missing.jsonl"], model=model, storage=url)
+    with pytest.raises(ValueError, match=r"Two tasks are named \['a'\]"):
+        collect(data=[a, a.with_suffix(".jsonl")], model=model, storage=url)
+    with pytest.raises(ValueError, match="--max-steps needs --eval-every-steps"):
+        collect(data=[a], model=model, storage=url, max_steps=10)
+    from trl_objectives.errors import DatasetFormatError
+
+    with pytest.raises(DatasetFormatError, match=r"lacks the fields \['question', 'answer'\]"):
+        collect(data=[a], model=model, storage=url, progress=False)  # default column names: not in a.jsonl
+    assert optuna.get_all_study_names(url) == []  # nothing was created for a dataset that cannot be read
+
+
+def test_a_configuration_another_trial_claims_is_never_trained_twice(user_data, tmp_path):
+    """Two workers that start the same configuration: the later trial stops before training."""
+    from trl_objectives import SFTObjective, load_qa_dataset
+    from trl_objectives.claims import ClaimedRun
+
+    a, _, model = user_data
+    objective = SFTObjective(model, load_qa_dataset(a, question_field="prompt", answer_field="reply"),
+                             metric="eval_loss", max_epochs=1, max_length=48, checkpoint_dir=str(tmp_path / "ck"))
+    space = objective.space
+    configs = collection_configs(2)
+    ids = [space.config_id(c) for c in configs]
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'claim.db'}"), direction="minimize")
+    study.enqueue_trial(configs[0], user_attrs={contract.CONFIG_ID: ids[0]})
+    other_worker = study.ask()  # RUNNING in another process
+    study.enqueue_trial(configs[0])
+    study.optimize(ClaimedRun(objective, ids), n_trials=1)
+    late = study.trials[-1]
+    assert late.state == optuna.trial.TrialState.FAIL and late.user_attrs[contract.DUPLICATE_OF] == other_worker.number
+    assert contract.COST not in late.user_attrs and not late.intermediate_values  # stopped before any training
+    assert contract.FAIL_REASON not in late.user_attrs  # so the configuration does not count as done
+
+
+@pytest.mark.slow
+def test_two_collect_processes_share_one_storage_without_running_a_configuration_twice(user_data, tmp_path):
+    import subprocess
+    import sys
+
+    a, _, model = user_data
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    cmd = [sys.executable, "-m", "optuna_quicktune.cli", "collect", "--data", str(a), "--question-column", "prompt",
+           "--answer-column", "reply", "--model", model, "--storage", url, "--configs", "4", "--epochs", "1",
+           "--metric", "eval_loss", "--max-length", "48", "--no-zero-shot", "--no-progress",
+           "--checkpoint-dir", str(tmp_path / "ck")]
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    import json
+
+    ran = [json.loads(out[out.index("{"):])["trials_run"] for out, _ in outs]
+    trials = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url).trials
+    trained = [t for t in trials if contract.COST in t.user_attrs]
+    assert sum(ran) == len(trained) == 4  # each configuration trained once, by one of the two workers
+    assert sorted(t.user_attrs[contract.CONFIG_ID] for t in trained) == sorted(
+        lora_space().config_id(c) for c in collection_configs(4))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trained)
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]

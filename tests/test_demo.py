@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from optuna_quicktune.pretrained import available, load_surrogate
+from optuna_quicktune.space import DEFAULT_LORA_CONFIG
 from trl_objectives.demo import DEMO_SURROGATE, DEMO_TASK, run_demo
 from trl_objectives.models import build_tiny_phi3
 from trl_objectives.tasks import load_task
@@ -42,9 +43,18 @@ def test_demo_runs_quicktune_against_the_baselines(tmp_path):
     if result["quicktune"] is not None:  # a completed QuickTune trial: its config and test score are shown
         assert "Best configuration:" in out and result["quicktune"]["test"] is not None
     names = {s.study_name for s in optuna.get_all_study_summaries(url)}
-    assert any(n.endswith("/quicktune") for n in names) and any(n.endswith("/default") for n in names)
-    qt = optuna.load_study(study_name=next(n for n in names if n.endswith("/quicktune")), storage=url)
+    assert {n.rsplit("/", 1)[1] for n in names} == {"zero-shot", "default", "random", "quicktune"}
+    assert "random configuration (seed 0)" in out and result["random"]["params"] != DEFAULT_LORA_CONFIG
+    qt = optuna.load_study(study_name=result["quicktune_study"], storage=url)
     assert len(qt.trials) == 2
+    # The QuickTune views are in the storage, so the printed optuna-dashboard command shows them.
+    from optuna_dashboard import get_note
+
+    from optuna_quicktune.dashboard import NOTE_BEGIN
+
+    assert set(result["dashboard_views"]) == {"predicted_vs_observed", "learning_curves"}
+    assert NOTE_BEGIN in get_note(qt)
+    assert "predicted-vs-observed" in out
 
 
 def test_demo_refuses_bad_input(tmp_path):

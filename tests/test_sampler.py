@@ -69,9 +69,12 @@ def test_same_metafeatures_and_seed_give_the_same_first_proposal(family, surroga
         predicted = trial.user_attrs[contract.PREDICTED]
         assert {"mean", "std", "cost"} <= set(predicted) and predicted["std"] > 0 and predicted["cost"] > 0
     assert firsts[0] == firsts[1]
-    other = QuickTuneSampler(surrogate, metafeatures=family.tasks[0].metafeatures, seed=7)
-    trial = optuna.create_study(direction="maximize", sampler=other).ask()
-    assert family.space.suggest(trial) != firsts[0]
+    # Past the portfolio (or without it) the surrogate's ranking depends on the dataset.
+    picks = []
+    for mf in (task.metafeatures, family.tasks[0].metafeatures):
+        other = QuickTuneSampler(surrogate, metafeatures=mf, seed=7, portfolio_first=0)
+        picks.append(family.space.suggest(optuna.create_study(direction="maximize", sampler=other).ask()))
+    assert picks[0] != picks[1]
 
 
 @pytest.mark.parametrize("refit", [False, True])
@@ -261,7 +264,9 @@ def test_conditioning_on_the_study_keeps_weights_and_moves_predictions(family, s
     before = surrogate.weights_digest()
     errors = {}
     for condition in (False, True):
-        sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0, condition=condition)
+        # Surrogate-chosen configurations (no portfolio phase): the portfolio's members are
+        # meta-training configurations whose zero-shot error is already small.
+        sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0, condition=condition, portfolio_first=0)
         study = optuna.create_study(direction="maximize", sampler=sampler)  # no pruner: full runs
         study.optimize(SimulatedObjective(task), n_trials=6)
         assert sampler.current_surrogate(study).weights_digest() == before

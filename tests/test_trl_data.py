@@ -72,7 +72,7 @@ def test_split_column_is_used_as_given():
     assert list(ds.validation["question"]) == ["q1", "q4", "q7"]
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "dataset"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "dataset", "saved-folder"])
 def test_loads_files_and_datasets_with_custom_field_names(tmp_path, records, fmt):
     rows = [{"prompt_text": r["question"], "gold": r["answer"], "fact_id": r["fact_id"]} for r in records]
     if fmt == "jsonl":
@@ -87,12 +87,51 @@ def test_loads_files_and_datasets_with_custom_field_names(tmp_path, records, fmt
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+    elif fmt == "saved-folder":
+        src = tmp_path / "qa"
+        datasets.Dataset.from_list(rows).save_to_disk(str(src))
     else:
         src = datasets.Dataset.from_list(rows)
     ds = load_qa_dataset(src, question_field="prompt_text", answer_field="gold")
     assert ds.sizes() == {"train": 60, "validation": 6, "test": 6}
     if fmt != "dataset":
         assert ds.name == "qa"
+
+
+def test_a_saved_dataset_dict_keeps_its_splits(tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
+    folder = tmp_path / "mine"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(rows[:6]),
+        "validation": datasets.Dataset.from_list(rows[6:8]),
+        "test": datasets.Dataset.from_list(rows[8:]),
+    }).save_to_disk(str(folder))
+    ds = load_qa_dataset(folder)
+    assert ds.name == "mine" and list(ds.test["question"]) == ["q8", "q9"]
+    (tmp_path / "not-a-dataset").mkdir()
+    with pytest.raises(DatasetFormatError, match="not a dataset saved with datasets' save_to_disk"):
+        load_qa_dataset(tmp_path / "not-a-dataset")
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '[{"question": "q", "answer": "a"}, "text"]', "[[1, 2]]"])
+def test_rows_that_are_not_objects_are_named(tmp_path, content):
+    path = tmp_path / "qa.json"
+    path.write_text(content)
+    with pytest.raises(DatasetFormatError, match=r"Row \d+ of .*qa.json is not an object.*\{\"question\""):
+        load_qa_dataset(path)
+    with pytest.raises(DatasetFormatError, match=r"Row \d+ of the QA dataset is not an object"):
+        load_qa_dataset(json.loads(content))
+
+
+@pytest.mark.parametrize("field, value", [("answer", ["Paris", "paris"]), ("question", {"text": "q"})])
+def test_list_or_object_answers_are_refused_not_stringified(records, field, value):
+    rows = [dict(r) for r in records]
+    rows[3][field] = value
+    with pytest.raises(DatasetFormatError, match=rf"Row 3: field '{field}' is not text.*one string per row"):
+        load_qa_dataset(rows)
+    rows[3][field] = 42  # a number is a fine answer: it becomes its text
+    assert "42" in [*load_qa_dataset(rows).train[field], *load_qa_dataset(rows).validation[field],
+                    *load_qa_dataset(rows).test[field]]
 
 
 def test_missing_fields_name_what_exists(records):

@@ -24,8 +24,7 @@ import json
 
 import optuna
 
-from optuna_quicktune.contract import COLLECT_COST_SOURCE, COLLECT_CPU_COST, CONFIG_ID, COST
-from trl_objectives.collect import CONFIG_INDEX
+from optuna_quicktune.contract import CONFIG_ID, CONFIG_INDEX, COST, COST_SOURCE, CPU_COST
 
 
 def _gpu_reference(study: optuna.Study, config_id: str) -> list[float] | None:
@@ -59,9 +58,9 @@ def complete(into: str, sources: list[str]) -> list[dict[str, object]]:
                         raise RuntimeError(f"{summary.study_name}: no GPU run of {t.user_attrs.get(CONFIG_ID)} to scale by.")
                     m = min(len(gpu), len(cpu))
                     ratio = gpu[m - 1] / cpu[m - 1]
-                    t.set_user_attr(COLLECT_CPU_COST, cpu)
+                    t.set_user_attr(CPU_COST, cpu)
                     t.set_user_attr(COST, [c * ratio for c in cpu])
-                    t.set_user_attr(COLLECT_COST_SOURCE, (
+                    t.set_user_attr(COST_SOURCE, (
                         f"run on a CPU (fp32, 1 thread); costs are CPU seconds x {ratio:.4f}, the ratio of this "
                         f"configuration's GPU run to this run at epoch {m}"
                     ))

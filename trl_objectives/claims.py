@@ -1,0 +1,76 @@
+"""Several processes on one storage: which configurations are done or taken, and who trains a contested one.
+
+Why a module of its own: ``quicktune collect`` may run in several processes at once (one GPU fits
+several small runs), and each finished run costs real compute; so every process must see the same
+answer to "is this configuration done, or being run?", and two processes that start the same
+configuration at the same moment must agree, without a lock server, on which of them trains it.
+The storage is the only shared state: a trial's state, number and ``quicktune.config_id`` decide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from optuna_quicktune import contract
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["config_states", "ClaimedRun"]
+
+
+def config_states(study: Any) -> tuple[set[str], set[str]]:
+    """Config ids of ``study`` that are done (COMPLETE, or FAIL with a reason) and that are RUNNING now."""
+    import optuna
+
+    done, running = set(), set()
+    for t in study.get_trials(deepcopy=False):
+        cid = t.user_attrs.get(contract.CONFIG_ID)
+        if cid is None:
+            continue
+        if t.state == optuna.trial.TrialState.COMPLETE or (
+            t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(contract.FAIL_REASON)
+        ):
+            done.add(cid)
+        elif t.state == optuna.trial.TrialState.RUNNING:
+            running.add(cid)
+    return done, running
+
+
+class ClaimedRun:
+    """Runs the objective on a trial unless an earlier trial already claims its configuration.
+
+    Claims: a COMPLETE trial, a FAIL with a reason, or a RUNNING/WAITING trial with a lower number.
+    Two processes that start the same configuration at once both see the other; only the lower
+    trial number trains, so no configuration is run twice at the same fidelity.
+    """
+
+    def __init__(self, objective: Any, ids: Sequence[str]) -> None:
+        self.objective = objective
+        self.index = {cid: i for i, cid in enumerate(ids)}
+        self.ran = False
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        State = optuna.trial.TrialState
+        cid = self.objective.space.config_id(self.objective.suggest(trial))
+        for other in trial.study.get_trials(deepcopy=False):
+            if other.number == trial.number or other.user_attrs.get(contract.CONFIG_ID) != cid:
+                continue
+            claims = other.state == State.COMPLETE or (
+                other.state == State.FAIL and other.user_attrs.get(contract.FAIL_REASON)
+            ) or (other.state in (State.RUNNING, State.WAITING) and other.number < trial.number)
+            if claims:
+                trial.set_user_attr(contract.CONFIG_ID, cid)
+                trial.set_user_attr(contract.DUPLICATE_OF, other.number)
+                _logger.warning("Trial %d stops before training: trial %d (%s) already has its configuration; "
+                                "Optuna marks it FAIL and this process moves on.", trial.number, other.number,
+                                other.state.name)
+                return float("nan")  # FAIL, before any training
+        trial.set_user_attr(contract.CONFIG_ID, cid)
+        if cid in self.index:
+            trial.set_user_attr(contract.CONFIG_INDEX, self.index[cid])
+        self.ran = True
+        return self.objective(trial)

@@ -1,0 +1,52 @@
+"""What a long-running command (``quicktune collect``, ``quicktune demo``) sets up around its trials.
+
+Why a module of its own: both commands need the same two things, and neither should borrow the
+other's private helpers: a storage that survives killed workers and shared SQLite files, and
+quiet libraries, so that their own progress bar stays readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+__all__ = ["open_storage", "quiet_libraries"]
+
+
+def open_storage(url: str, *, heartbeat: bool = True, grace_period: int = 120) -> Any:
+    """An ``RDBStorage`` with a heartbeat (so a killed worker's trials can be failed and re-run).
+
+    SQLite gets a 60 s lock timeout, so several collection processes can share one file.
+    """
+    import optuna
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {"heartbeat_interval": min(30, grace_period), "grace_period": grace_period} if heartbeat else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def quiet_libraries() -> None:
+    """Silence per-trial library chatter (Optuna, transformers, datasets) for a command's own progress bar."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # transformers' own deprecation notices (e.g. is_gradient_checkpointing) are not the user's to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    logging.getLogger("trl_objectives.objective").setLevel(logging.ERROR)
