@@ -227,9 +227,10 @@ def chaos_figures(study: Any) -> dict[str, Any]:
     retries = [t for t in trials if t.user_attrs.get(contract.RETRY_OF) is not None
                and not str(t.user_attrs.get(contract.FAIL_REASON, "")).startswith("duplicate retry")]
     retried = {t.user_attrs[contract.RETRY_OF] for t in retries}
-    # A configuration is lost when a killed run (not itself a retry) chose it and no live trial has it.
+    # Lost: a killed run (not itself a retry) chose a configuration that was neither retried nor is
+    # held by a finished trial. A retry killed again is not retried ("once"): counted apart.
     held = {t.user_attrs.get(contract.CONFIG_ID) for t in trials if t.state in (TS.COMPLETE, TS.PRUNED)}
-    never = [t.number for t in recovered if t.user_attrs.get(contract.RETRY_OF) is None
+    never = [t.number for t in recovered if t.user_attrs.get(contract.RETRY_OF) is None and t.number not in retried
              and t.user_attrs.get(contract.CONFIG_ID) is not None and t.user_attrs[contract.CONFIG_ID] not in held]
     retry_done = sum(1 for t in trials if t.user_attrs.get(contract.RETRY_OF) is not None and t.state in (TS.COMPLETE, TS.PRUNED))
     return {
@@ -251,11 +252,11 @@ def chaos_figures(study: Any) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"Fault injection: {report['workers']} workers per storage, {report['kills']} SIGKILLs in all, seed {report['seed']}"]
     head = ("storage", "kills", "in trial", "finished", "recovered", "retried", "completed lost", "duplicates",
-            "RUNNING left", "never rerun", "seconds")
+            "RUNNING left", "never rerun", "retry killed again", "seconds")
     lines.append(" | ".join(head))
     for name, r in report["storages"].items():
         row = (name, r["kills"], r["kills_during_trial"], r["finished"], r["recovered"], r["retried"], r["completed_lost"],
-               r["duplicates"], r["running_left"], r["killed_never_rerun"], r["seconds"])
+               r["duplicates"], r["running_left"], r["killed_never_rerun"], r["retries_killed_again"], r["seconds"])
         lines.append(" | ".join(str(v) for v in row))
     total = {k: sum(r[k] for r in report["storages"].values()) for k in ("kills", "completed_lost", "duplicates", "running_left")}
     lines.append(f"kills survived: {total['kills']}; completed trials lost: {total['completed_lost']}; "

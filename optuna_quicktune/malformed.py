@@ -251,8 +251,8 @@ def _diverged_case(case: str, value: float, surrogate_dir: Path, work: Path) -> 
     from optuna_quicktune import QuickTunePruner
 
     sampler = _sampler(surrogate_dir)
-    study = optuna.create_study(sampler=sampler,
-                                pruner=QuickTunePruner(sampler), direction="maximize")
+    # min_steps=3: the cost-benefit rule cannot stop it before step 3, so only divergence does.
+    study = optuna.create_study(sampler=sampler, pruner=QuickTunePruner(sampler, min_steps=3), direction="maximize")
     study.set_user_attr(contract.METAFEATURES, _GOOD_MF)
     study.optimize(objective_reporting({1: 0.3, 2: value, 3: 0.4, 4: 0.5}), n_trials=1)
     t = study.trials[-1]
