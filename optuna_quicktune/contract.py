@@ -31,7 +31,7 @@ __all__ = [
     "TASK", "METAFEATURES", "FIDELITY", "SPACE", "ZERO_SHOT", "COLLECT_INFO",
     "COST", "CONFIG_ID", "PREDICTED", "PAUSED", "RESUME_OF", "CHECKPOINT", "FAIL_REASON", "RETRY_OF",
     "TEST_SCORE", "TEST_METRIC_PREFIX", "VAL_METRICS", "CONFIG_INDEX", "CPU_COST",
-    "COST_SOURCE", "DUPLICATE_OF", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
+    "COST_SOURCE", "DUPLICATE_OF", "PROMPT_FORMAT", "HARDWARE", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
     "TaskInfo", "RunInfo", "ContractError",
     "describe_task", "record_cost", "read_task", "read_trial", "read_metafeatures", "read_fidelity",
     "parse_metafeatures", "parse_fidelity", "study_direction", "read_resume_of", "check_fidelity_fits",
@@ -62,6 +62,8 @@ CONFIG_INDEX = "quicktune.collect.index"  # position of the configuration in a c
 CPU_COST = "quicktune.collect.cpu_cost"  # CPU seconds measured when GPU costs were converted
 COST_SOURCE = "quicktune.collect.cost_source"  # how quicktune.cost was derived
 DUPLICATE_OF = "quicktune.collect.duplicate_of"  # stopped before training: another trial has its config
+PROMPT_FORMAT = "quicktune.prompt_format"  # study: how examples became prompts (plain text or chat template)
+HARDWARE = "quicktune.collect.hardware"  # study: device, dtype and runs sharing it when the costs were measured
 
 # Trial system attributes (written by the plugin, not meant for users)
 PARAMS = "quicktune.params"  # the parameters the sampler chose in before_trial

@@ -101,7 +101,7 @@ class PredictionCache:
     predictions are never read, only aged out.
     """
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 4096) -> None:
         self.maxsize = int(maxsize)
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
 
@@ -117,6 +117,9 @@ class PredictionCache:
 
     def clear(self) -> None:
         self._data.clear()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._data
 
     def __len__(self) -> int:
         return len(self._data)
@@ -154,6 +157,12 @@ class Decision:
     def space(self) -> SearchSpace:
         return self.surrogate.space
 
+    def in_space(self, view: TrialView) -> bool:
+        """Whether a trial's configuration lies in the surrogate's space (remembered per configuration)."""
+        if view.config_id is None:
+            return self.space.contains(view.params)
+        return bool(self.cache.get(("in-space", self.space.fingerprint, view.config_id), lambda: self.space.contains(view.params)))
+
     # ------------------------------------------------------------------ actions
     def actions(self, *, exclude: int | None = None, limit: int | None = None) -> list[Action]:
         """Every possible next action, best first (what the next trial would do)."""
@@ -182,7 +191,7 @@ class Decision:
             out += [Action("new", configs[i], ids[i], float(scores[i]), 1, priority=int(ids[i] == member))
                     for i in order if np.isfinite(scores[i])]
         paused = [v for v in self.state.resumable() if v.number != exclude and len(v.prefix) < self.fidelity_max
-                  and self.space.contains(v.params)]
+                  and self.in_space(v)]
         out += self.continuations(paused, kind="resume")
         out.sort(key=lambda a: (-a.priority, -a.score))
         return out if limit is None else out[:limit]
@@ -190,7 +199,7 @@ class Decision:
     def continuation(self, number: int) -> Action | None:
         """Continuing trial ``number`` by one more action, scored like any alternative (None: not scorable)."""
         view = self.state.trials.get(number)
-        if view is None or not len(view.prefix) or len(view.prefix) >= self.fidelity_max or not self.space.contains(view.params):
+        if view is None or not len(view.prefix) or len(view.prefix) >= self.fidelity_max or not self.in_space(view):
             return None
         return self.continuations([view], kind="continue")[0]
 
@@ -208,7 +217,7 @@ class Decision:
         if not self.settings.n_local:
             return Pool([], np.zeros((0, self.space.dim)), [])
         ends = [v for v in self.state.trials.values() if v.state.is_finished() and len(v.prefix) and not v.continued
-                and np.isfinite(v.prefix).any() and self.space.contains(v.params)]
+                and np.isfinite(v.prefix).any() and self.in_space(v)]
         best = sorted(ends, key=lambda v: (-float(np.nanmax(self.sign * v.prefix)), v.number))[:3]
         key = (self.seed, tuple(v.number for v in best))
         n, scale = self.settings.n_local, self.settings.local_scale
@@ -238,14 +247,13 @@ class Decision:
         if not views:
             return []
         prefixes = [v.prefix for v in views]
+        X = self.space.encode_many([v.params for v in views])
+        steps = self.config_step_costs(X)
         if kind == "resume":  # a paused curve does not change until it is resumed
             key = (self.surrogate.view_id, "resume", self._mf_key(), self.fidelity_max, self.sign,
                    tuple((v.number, len(v.prefix)) for v in views))
-            mean, std, cost = self.cache.get(key, lambda: self.predict_horizon(self.space.encode_many([v.params for v in views]), prefixes))
+            mean, std, cost = self.cache.get(key, lambda: self.predict_horizon(X, prefixes, steps=steps))
         else:
-            X = self.space.encode_many([v.params for v in views])
-            steps = np.stack([self.cache.get((self.surrogate.cost_id, "step-costs", self._mf_key(), self.fidelity_max, x.tobytes()),
-                                             lambda x=x: self.step_costs(x[None, :])[0]) for x in X])
             mean, std, cost = self.predict_horizon(X, prefixes, steps=steps)
         target = self.targets(prefixes)
         inc = np.array([self.state.incumbent(int(b)) for b in target])
@@ -277,6 +285,17 @@ class Decision:
         hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)
         cost = np.where(hi >= start, cum[rows, hi] - cum[rows, lo], 0.0)
         return self.sign * mean, std, cost
+
+    def config_step_costs(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`step_costs` of each row, remembered per configuration (cost does not depend on the view)."""
+        base = (self.surrogate.cost_id, "step-costs", self._mf_key(), self.fidelity_max)
+        keys = [base + (x.tobytes(),) for x in X]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            fresh = self.step_costs(X[missing])
+            for j, i in enumerate(missing):
+                self.cache.get(keys[i], lambda j=j: fresh[j])
+        return np.stack([self.cache.get(k, lambda: None) for k in keys]) if keys else np.zeros((0, self.fidelity_max))
 
     def pool_step_costs(self) -> np.ndarray:
         key = (self.surrogate.cost_id, "pool-step-costs", self.seed, self._mf_key(), self.fidelity_max)

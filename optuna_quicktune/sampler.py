@@ -399,30 +399,45 @@ class QuickTuneSampler(BaseSampler):
         self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float,
         base: QuickTuneSurrogate,
     ) -> QuickTuneSurrogate:
-        """``base`` conditioned on the last score of every finished chain (the latest two views kept).
+        """``base`` conditioned on the last score of every finished trial (the latest two views kept).
 
-        Running trials are left out, so the view changes only when a trial ends.
+        A paused trial that was resumed keeps its point (a real observation at its fidelity) and
+        its continuation adds another, so the set only grows: a new view extends the previous one
+        by the trials that ended since, at ``O(n^2 m)``. Running trials are left out, so the view
+        changes only when a trial ends.
         """
-        finished = {n: v for n, v in state.trials.items() if v.state.is_finished()}
-        continued = {v.resume_of for v in finished.values() if v.resume_of is not None}
         ends = [
-            v for n, v in finished.items()
-            if n not in continued and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self.space.contains(v.params)
+            v for v in state.trials.values()
+            if v.state.is_finished() and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self._in_space(v)
         ]
         if not ends:
             return base
-        key = (base.view_id, study.study_name, fmax, sign, tuple(sorted((mf or {}).items())),
-               tuple((v.number, len(v.prefix)) for v in ends))
+        common = (base.view_id, study.study_name, fmax, sign, tuple(sorted((mf or {}).items())))
+        points = frozenset((v.number, len(v.prefix)) for v in ends)
+        key = (common, points)
         if key not in self._views:
-            lengths = np.array([min(len(v.prefix), fmax) for v in ends])
-            y = np.array([v.prefix[b - 1] for v, b in zip(ends, lengths)])
-            self._views[key] = base.conditioned_on(
-                self.space.encode_many([v.params for v in ends]), lengths, y, fidelity_max=fmax, metafeatures=mf, sign=sign
+            # Extend the latest view whose points are a subset of these; else condition the base.
+            have, view = frozenset(), base
+            for (c, p), v in reversed(self._views.items()):
+                if c == common and p <= points:
+                    have, view = p, v
+                    break
+            new = [v for v in ends if (v.number, len(v.prefix)) not in have]
+            lengths = np.array([min(len(v.prefix), fmax) for v in new])
+            y = np.array([v.prefix[b - 1] for v, b in zip(new, lengths)])
+            self._views[key] = view.conditioned_on(
+                self.space.encode_many([v.params for v in new]), lengths, y, fidelity_max=fmax, metafeatures=mf, sign=sign
             )
         self._views.move_to_end(key)
         while len(self._views) > 2:
             self._views.popitem(last=False)
         return self._views[key]
+
+    def _in_space(self, view: Any) -> bool:
+        if view.config_id is None:
+            return self.space.contains(view.params)
+        key = ("in-space", self.space.fingerprint, view.config_id)
+        return bool(self._predictions.get(key, lambda: self.space.contains(view.params)))
 
     # ================================================================== storage writes
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:

@@ -26,6 +26,7 @@ refuses to score configurations of another space.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -121,9 +122,9 @@ class SearchSpace:
         self.dim = start
 
     # ------------------------------------------------------------------ identity
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A short, stable hash of the distributions (names, types, bounds, choices)."""
+        """A short, stable hash of the distributions (names, types, bounds, choices); computed once."""
         obj: dict[str, Any] = {k: json.loads(distribution_to_json(d)) for k, d in sorted(self.distributions.items())}
         if self.conditions:  # only then: unconditional spaces keep the fingerprints they always had
             obj = {"distributions": obj, "conditions": self._conditions_json()}

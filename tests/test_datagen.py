@@ -11,12 +11,12 @@ from trl_objectives.tasks import PARAPHRASES, TASKS, get_task, load_task, task_n
 
 
 def test_registry_has_ten_real_tasks_with_twelve_distinct_templates():
-    assert len(TASKS) >= 10
-    for name in task_names():
+    assert len(task_names(natural=False)) >= 10
+    for name in task_names(natural=False):
         task = get_task(name)
         assert len(set(task.templates)) == PARAPHRASES, name
         pool = task.facts()
-        assert len(pool) >= 24, (name, len(pool))  # enough for 8-16 facts per task with room to sample
+        assert len(pool) >= 30, (name, len(pool))  # tens of facts per task (headroom), with room to sample
         assert len({s for s, _ in pool}) == len(pool)
         assert task.license and task.source
 
@@ -97,3 +97,25 @@ def test_generate_qa_with_smollm2_runs_the_whole_pipeline():
         assert r["fact_id"].startswith("doc0-fact")
     questions = [r["question"].lower() for r in records]
     assert len(questions) == len(set(questions))
+
+
+def test_natural_tasks_hold_real_questions_from_fanoutqa_split_at_random():
+    names = task_names(natural=True)
+    assert len(names) >= 5 and not set(names) & set(task_names(natural=False))
+    seen: set[str] = set()
+    for name in names:
+        task = get_task(name)
+        assert task.natural and task.templates == () and "CC BY-SA 4.0" in task.license
+        pool = task.facts()
+        assert task.max_facts() >= 18, (name, len(pool))  # >= 216 questions: 18 x 12 examples
+        assert not seen & {q for q, _ in pool}  # the categories do not share questions
+        seen |= {q for q, _ in pool}
+    records = task_records("fanoutqa-sports", 4, seed=0)
+    assert len(records) == 48 and all("fact_id" not in r for r in records)
+    assert records == task_records("fanoutqa-sports", 4, seed=0) != task_records("fanoutqa-sports", 4, seed=1)
+    qa = load_task("fanoutqa-sports", 4, seed=0)
+    assert len(qa.train) + len(qa.validation) + len(qa.test) == 48 and len(qa.validation) >= 4
+    assert not set(qa.train["question"]) & set(qa.validation["question"])
+    assert {("Who is the current head coach of New York Giants?", "Brian Daboll")} <= set(get_task("fanoutqa-sports").facts())
+    with pytest.raises(ValueError, match="n_facts"):
+        task_records("fanoutqa-sports", get_task("fanoutqa-sports").max_facts() + 1)

