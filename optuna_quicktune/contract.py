@@ -31,7 +31,7 @@ __all__ = [
     "TASK", "METAFEATURES", "FIDELITY", "SPACE", "ZERO_SHOT", "COLLECT_INFO",
     "COST", "CONFIG_ID", "PREDICTED", "PAUSED", "RESUME_OF", "CHECKPOINT", "FAIL_REASON", "RETRY_OF",
     "TEST_SCORE", "TEST_METRIC_PREFIX", "VAL_METRICS", "CONFIG_INDEX", "CPU_COST",
-    "COST_SOURCE", "DUPLICATE_OF", "PROMPT_FORMAT", "HARDWARE", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
+    "COST_SOURCE", "DUPLICATE_OF", "PROMPT_FORMAT", "HARDWARE", "HEADROOM_LABEL", "PARAMS", "LEASE", "RECOVERED_BY", "DIRECTIONS", "METAFEATURE_LIMIT",
     "TaskInfo", "RunInfo", "ContractError",
     "describe_task", "record_cost", "read_task", "read_trial", "read_metafeatures", "read_fidelity",
     "parse_metafeatures", "parse_fidelity", "study_direction", "read_resume_of", "check_fidelity_fits",
@@ -64,6 +64,7 @@ COST_SOURCE = "quicktune.collect.cost_source"  # how quicktune.cost was derived
 DUPLICATE_OF = "quicktune.collect.duplicate_of"  # stopped before training: another trial has its config
 PROMPT_FORMAT = "quicktune.prompt_format"  # study: how examples became prompts (plain text or chat template)
 HARDWARE = "quicktune.collect.hardware"  # study: device, dtype and runs sharing it when the costs were measured
+HEADROOM_LABEL = "quicktune.headroom.label"  # trial: which headroom run (tools/cpu_headroom.py) it is
 
 # Trial system attributes (written by the plugin, not meant for users)
 PARAMS = "quicktune.params"  # the parameters the sampler chose in before_trial
