@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
 
     trials = optuna.load_study(study_name=args.study, storage=args.storage).trials
     # resume_of may be present and None: a trial whose resumption claim another worker took.
-    new_configs = Counter(t.user_attrs.get("quicktune.config_id") for t in trials if t.user_attrs.get("quicktune.resume_of") is None)
-    resumed = Counter(t.user_attrs["quicktune.resume_of"] for t in trials if t.user_attrs.get("quicktune.resume_of") is not None)
+    new_configs = Counter(t.user_attrs.get(contract.CONFIG_ID) for t in trials if t.user_attrs.get(contract.RESUME_OF) is None)
+    resumed = Counter(t.user_attrs[contract.RESUME_OF] for t in trials if t.user_attrs.get(contract.RESUME_OF) is not None)
     duplicates = sum(c - 1 for c in new_configs.values() if c > 1) + sum(c - 1 for c in resumed.values() if c > 1)
     states = Counter(t.state.name for t in trials)
     best = max((t.value for t in trials if t.value is not None), default=float("nan"))

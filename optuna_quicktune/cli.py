@@ -9,6 +9,8 @@ Examples::
     quicktune suggest my_qa.jsonl -k 5 --enqueue sqlite:///tune.db --study my-qa
     quicktune demo
     quicktune bench --lcbench ../shared/benchmarks/yahpo-lcbench --seeds 5 --out results/lcbench
+    quicktune recover --storage sqlite:///runs.db --grace 0
+    quicktune faults --kills 60
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from optuna_quicktune.chaos import add_faults_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -66,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080)
     dash.add_argument("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 to share it).")
     dash.set_defaults(func=_dashboard)
+
+    rec = sub.add_parser("recover", help="Fail the RUNNING trials of dead workers and enqueue each configuration again, once.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rec.add_argument("--storage", required=True, help="Optuna storage URL (sqlite:///runs.db, postgresql+psycopg2://..., journal:PATH).")
+    rec.add_argument("--study", action="append", dest="studies", metavar="NAME", help="Study to recover; default: every study.")
+    rec.add_argument("--grace", type=float, default=120.0,
+                     help="Seconds without a lease renewal after which a worker on another machine counts as dead "
+                     "(0 once every worker is stopped). Workers on this machine are checked directly.")
+    rec.add_argument("--no-retry", action="store_true", help="Do not enqueue the recovered configurations again.")
+    rec.set_defaults(func=_recover)
+
+    add_faults_parser(sub)
 
     try:
         from optuna_quicktune.benchmark.cli import add_bench_parser
@@ -125,6 +141,21 @@ def _meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(args: argparse.Namespace) -> int:
+    import optuna
+
+    from optuna_quicktune.recovery import recover_stale_trials
+    from optuna_quicktune.storage import open_storage
+
+    storage = open_storage(args.storage)
+    names = args.studies or [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        failed = recover_stale_trials(study, grace_period=args.grace, retry=not args.no_retry)
+        print(f"{name}: {len(failed)} stale trial(s) failed{' and enqueued again' if failed and not args.no_retry else ''}: {failed}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from optuna_quicktune.pretrained import load_surrogate
 
@@ -164,10 +195,13 @@ def _dashboard(args: argparse.Namespace) -> int:
         print(f"quicktune dashboard needs optuna-dashboard: pip install 'optuna-quicktune[dashboard]' ({e})",
               file=sys.stderr)
         return 2
+    from optuna_quicktune.storage import open_storage
+
+    storage = open_storage(args.storage)  # a mistyped path is an error, not a new empty file
     print(f"optuna-dashboard on {args.storage}: http://{args.host}:{args.port}/dashboard (Ctrl-C to stop). "
           "QuickTune views appear in each study that ran with QuickTuneDashboard(sampler).", flush=True)
     try:
-        run_server(args.storage, host=args.host, port=args.port)
+        run_server(storage, host=args.host, port=args.port)
     except KeyboardInterrupt:
         pass
     return 0

@@ -12,6 +12,8 @@ __all__ = [
     "MetaFeatureError",
     "SurrogateFormatError",
     "SpaceMismatchError",
+    "ContractError",
+    "StorageError",
 ]
 
 
@@ -37,3 +39,28 @@ class SurrogateFormatError(QuickTuneError):
 
 class SpaceMismatchError(QuickTuneError):
     """A surrogate is used with a search space other than the one it was trained on."""
+
+
+class ContractError(QuickTuneError):
+    """A study or trial breaks the storage contract (``optuna_quicktune.contract``).
+
+    The message names the study, the trial (if any), the attribute and the fix; the same parts are
+    kept as fields so that readers can log or skip precisely.
+    """
+
+    def __init__(self, problem: str, *, study: str | None = None, trial: int | None = None,
+                 attribute: str | None = None, fix: str = "") -> None:
+        self.study, self.trial, self.attribute, self.problem, self.fix = study, trial, attribute, problem, fix
+        where = []
+        if study is not None:
+            where.append(f"study {study!r}")
+        if trial is not None:
+            where.append(f"trial {trial}")
+        if attribute is not None:
+            where.append(f"attribute {attribute!r}")
+        head = ", ".join(where)
+        super().__init__((f"{head[0].upper()}{head[1:]}: " if head else "") + problem + (f" {fix}" if fix else ""))
+
+
+class StorageError(QuickTuneError):
+    """A storage URL cannot be opened (bad form, missing folder, not a database, unknown study)."""

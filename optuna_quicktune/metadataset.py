@@ -28,9 +28,10 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_quicktune import contract
-from optuna_quicktune.errors import EmptyMetaDatasetError, MetaFeatureError, MixedSpaceError
+from optuna_quicktune import chains, contract
+from optuna_quicktune.errors import ContractError, EmptyMetaDatasetError, MetaFeatureError, MixedSpaceError
 from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.storage import open_storage
 
 __all__ = ["Task", "Run", "MetaDataset"]
 
@@ -164,8 +165,7 @@ class MetaDataset:
         meta-feature names: ``"strict"`` raises, ``"intersection"`` keeps the common names,
         ``"none"`` drops them all (dataset-agnostic transfer).
         """
-        if isinstance(storage, str):
-            storage = optuna.storages.get_storage(storage)
+        storage = open_storage(storage)  # a mistyped path is an error, not a new empty database
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
         available = [s.study_name for s in summaries]
         if study_names is None:
@@ -222,8 +222,7 @@ class MetaDataset:
 
         An existing study of the same name is never touched: the call fails before writing anything.
         """
-        if isinstance(storage, str):
-            storage = optuna.storages.get_storage(storage)
+        storage = open_storage(storage, create=True)
         existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
         names = [study_prefix + t.name for t in self.tasks]
         clash = sorted(set(names) & existing)
@@ -399,38 +398,15 @@ class MetaDataset:
 def _read_study(
     study: optuna.Study, space: SearchSpace | None
 ) -> tuple[str | None, tuple[Task, SearchSpace, list[Run]] | None]:
-    attrs = study.user_attrs
-    task_attr = attrs.get(contract.TASK)
-    fid = attrs.get(contract.FIDELITY)
-    if not isinstance(task_attr, dict):
-        return f"no {contract.TASK!r} user attribute", None
-    if not isinstance(fid, dict) or not isinstance(fid.get("max"), (int, float)) or fid["max"] < 1:
-        return f"{contract.FIDELITY!r} is missing or has no positive 'max'", None
-    if len(study.directions) != 1:
-        return "multi-objective studies are not tasks", None
-    mf = attrs.get(contract.METAFEATURES) or {}
     try:
-        mf = {str(k): float(v) for k, v in mf.items()}
-    except (TypeError, ValueError, AttributeError):
-        return f"{contract.METAFEATURES!r} is not a {{name: number}} mapping", None
-    bad_mf = [k for k, v in mf.items() if not math.isfinite(v)]
-    if bad_mf:
-        return f"meta-features {bad_mf} are not finite numbers", None
-    direction = task_attr.get("direction") or (
-        "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
-    )
-    task = Task(
-        name=study.study_name,
-        dataset=str(task_attr.get("dataset", study.study_name)),
-        model=str(task_attr.get("model", "")),
-        metric=str(task_attr.get("metric", "value")),
-        direction=str(direction),
-        fidelity_unit=str(fid.get("unit", "epoch")),
-        fidelity_max=int(fid["max"]),
-        metafeatures=mf,
-    )
+        info = contract.read_task(study)
+    except ContractError as e:
+        return str(e), None
+    task = Task(name=study.study_name, dataset=info.dataset, model=info.model, metric=info.metric,
+                direction=info.direction, fidelity_unit=info.fidelity_unit, fidelity_max=info.fidelity_max,
+                metafeatures=dict(info.metafeatures or {}))
     trials = study.get_trials(deepcopy=False)
-    study_space = space or _infer_space(trials, attrs.get(contract.SPACE))
+    study_space = space or _infer_space(trials, info.space)
     if study_space is None:
         return "no finished trial with parameters", None
     runs = _stitch(trials, study_space, task)
@@ -440,7 +416,7 @@ def _read_study(
 
 
 def _infer_space(trials: Sequence[FrozenTrial], space_attr: Any) -> SearchSpace | None:
-    name = space_attr.get("name", "custom") if isinstance(space_attr, dict) else "custom"
+    name = str(space_attr.get("name", "custom")) if isinstance(space_attr, Mapping) else "custom"
     counts: dict[str, tuple[int, dict[str, BaseDistribution]]] = {}
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.distributions:
@@ -453,7 +429,7 @@ def _infer_space(trials: Sequence[FrozenTrial], space_attr: Any) -> SearchSpace 
         try:  # describe_task stores a conditional space whole: its trials hold different subsets
             return SearchSpace.from_json(space_attr)
         except ValueError as e:
-            _logger.warning("The study's 'quicktune.space' cannot be read (%s); inferring the space from its trials.", e)
+            _logger.warning("The study's %r cannot be read (%s); inferring the space from its trials.", contract.SPACE, e)
     if len(counts) > 1:  # trials with different parameter sets: a define-by-run (conditional) space?
         conditional = _conditional_space(trials, name)
         if conditional is not None:
@@ -479,98 +455,72 @@ def _conditional_space(trials: Sequence[FrozenTrial], name: str) -> SearchSpace 
     return SearchSpace.infer([t.params for t in finished], union, name=name)
 
 
-def _trial_piece(t: FrozenTrial, space: SearchSpace, task: Task) -> tuple[str | None, Any]:
+def _trial_piece(t: FrozenTrial, space: SearchSpace, task: Task) -> tuple[str | None, contract.RunInfo | None]:
+    """The trial's validated run, or why it is skipped."""
     if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-        return f"state {t.state.name}", None
+        return f"state {t.state.name}.", None
+    try:
+        run = contract.read_trial(t, study=task.name, fidelity_max=task.fidelity_max)
+    except ContractError as e:
+        return str(e), None
     # Every active parameter, with the space's distribution; a parameter the space says is inactive
     # for this configuration may also be declared (an objective that always suggests it): ignored.
     declared = set(t.distributions)
     if not set(space.active(t.params)) <= declared <= set(space.distributions) or any(
         t.distributions[k] != space.distributions[k] for k in declared
     ):
-        return "parameters differ from the study's search space", None
-    steps = sorted(t.intermediate_values)
-    if not steps:
-        return "no intermediate values (no learning curve)", None
-    if steps[0] < 1 or steps[-1] > task.fidelity_max:
-        return f"steps {steps[0]}..{steps[-1]} outside 1..{task.fidelity_max}", None
-    values = np.array([t.intermediate_values[s] for s in steps], dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        return "non-finite intermediate values", None
-    cost_attr = t.user_attrs.get(contract.COST)
-    if cost_attr is None:
-        cost = np.full(len(steps), np.nan)
-    else:
-        try:
-            cost = np.asarray(cost_attr, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            return f"{contract.COST!r} is not a list of numbers", None
-        if cost.shape[0] != len(steps):
-            return f"{contract.COST!r} has {cost.shape[0]} entries for {len(steps)} reported steps", None
-    return None, (steps, values, cost)
+        return "parameters differ from the study's search space.", None
+    if not run.steps:
+        return "no intermediate values (no learning curve).", None
+    if chains.diverged(run.values):
+        return "non-finite intermediate values (a diverged run).", None
+    return None, run
 
 
 def _stitch(trials: Sequence[FrozenTrial], space: SearchSpace, task: Task) -> list[Run]:
-    by_number = {t.number: t for t in trials}
-    children: dict[int, int] = {}
+    """One :class:`Run` per chain of finished trials (see :mod:`optuna_quicktune.chains`)."""
+    pieces: dict[int, contract.RunInfo] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        parent = t.user_attrs.get(contract.RESUME_OF)
-        if parent is None or t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        reason, piece = _trial_piece(t, space, task)
+        if reason is not None:
+            _logger.info("Task %r: skipping trial %d: %s", task.name, t.number, reason)
+            continue
+        assert piece is not None
+        pieces[t.number] = piece
+    children: dict[int, int] = {}
+    for number, piece in pieces.items():
+        parent = piece.resume_of
+        if parent is None:
             continue
         if parent in children:
             _logger.info(
                 "Task %r: trial %d also resumes trial %d (already continued by %d); ignoring it.",
-                task.name, t.number, parent, children[parent],
+                task.name, number, parent, children[parent],
             )
             continue
-        children[int(parent)] = t.number
-    continuation = set(children.values())
+        children[parent] = number
     runs: list[Run] = []
-    for t in sorted(trials, key=lambda t: t.number):
-        if t.number in continuation:
+    for number, piece in pieces.items():
+        if piece.resume_of is not None:
+            if piece.resume_of not in pieces:
+                _logger.info("Task %r: trial %d resumes trial %d, which is not a usable run; skipped.",
+                             task.name, number, piece.resume_of)
             continue
-        if t.user_attrs.get(contract.RESUME_OF) is not None:
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                _logger.info(
-                    "Task %r: trial %d resumes trial %s, which is not in the study; skipped.",
-                    task.name, t.number, t.user_attrs[contract.RESUME_OF],
-                )
-            continue
-        reason, piece = _trial_piece(t, space, task)
-        if reason is not None:
-            _logger.info("Task %r: skipping trial %d: %s.", task.name, t.number, reason)
-            continue
-        steps, values, cost = piece
-        chain = [t.number]
-        node = t.number
+        values, cost = chains.continue_curve(np.zeros(0), None, piece.steps, piece.values, piece.cost, task.fidelity_max)
+        chain, node = [number], number
         while node in children:
-            child = by_number[children[node]]
-            reason, piece = _trial_piece(child, space, task)
-            if reason is not None or child.params != t.params:
-                _logger.info(
-                    "Task %r: continuation trial %d of %d not stitched: %s.",
-                    task.name, child.number, node, reason or "its parameters differ",
-                )
+            child = pieces[children[node]]
+            if child.params != piece.params:
+                _logger.info("Task %r: continuation trial %d of %d not stitched: its parameters differ.",
+                             task.name, child.number, node)
                 break
-            c_steps, c_values, c_cost = piece
-            keep = [i for i, s in enumerate(c_steps) if s > steps[-1]]
-            offset = cost[-1] if len(cost) else 0.0
-            steps = steps + [c_steps[i] for i in keep]
-            values = np.concatenate([values, c_values[keep]])
-            cost = np.concatenate([cost, c_cost[keep] + offset])
+            values, cost = chains.continue_curve(values, cost, child.steps, child.values, child.cost, task.fidelity_max)
             chain.append(child.number)
             node = child.number
-        if steps != list(range(1, len(steps) + 1)):
-            # Curves reported at a coarser grid (e.g. every 2 epochs) are filled by carrying the
-            # last value forward would invent data; we keep only the contiguous prefix instead.
-            contiguous = 0
-            while contiguous < len(steps) and steps[contiguous] == contiguous + 1:
-                contiguous += 1
-            if contiguous == 0:
-                _logger.info("Task %r: trial %d has no step 1; skipped.", task.name, t.number)
-                continue
-            values, cost = values[:contiguous], cost[:contiguous]
-        runs.append(Run(task=0, config=space.project(t.params), curve=values, cost=cost, trials=tuple(chain)))
+        if values.shape[0] == 0:
+            _logger.info("Task %r: trial %d has no step 1; skipped.", task.name, number)
+            continue
+        runs.append(Run(task=0, config=space.project(piece.params), curve=values, cost=cost, trials=tuple(chain)))
     return runs
 
 
@@ -590,7 +540,7 @@ def _apply_metafeature_policy(tasks: list[Task], policy: MetaFeaturePolicy) -> l
     raise MetaFeatureError(
         "The studies do not have the same meta-features: "
         + _describe_metafeature_mismatch(tasks)
-        + ". Add the missing ones to the studies' 'quicktune.metafeatures', or pass "
+        + f". Add the missing ones to the studies' {contract.METAFEATURES!r}, or pass "
         "metafeatures='intersection' (keep the common names) or 'none' (dataset-agnostic)."
     )
 

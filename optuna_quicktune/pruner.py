@@ -23,6 +23,8 @@ from optuna.pruners import BasePruner
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
+from optuna_quicktune import chains
+from optuna_quicktune.recovery import failing_trial
 from optuna_quicktune.sampler import QuickTuneSampler
 
 __all__ = ["QuickTunePruner", "is_rung"]
@@ -61,6 +63,9 @@ class QuickTunePruner(BasePruner):
             leader's curve is the evidence the prior lacks. On LCBench (24 tasks x 5 seeds) it lowered
             QuickTune's mean regret at every budget fraction (docs/benchmarks.md); ``False`` gives
             the pure cost-benefit rule.
+        stop_diverged: Stop a run at the first NaN or +-inf it reports (no checkpoint is resumed
+            and recovery never retries it). Why by default: a diverged curve gives the surrogate
+            nothing to rank, so the cost-benefit rule would let it train to the end.
         rungs: ``"geometric"`` decides at the reported steps 1, 2, 3, 4, 6, 8, 12, 18, 26, 39, ...
             (each about 1.5 x the previous, as the rungs of successive halving grow
             geometrically): what a curve tells about its end grows with the log of its length,
@@ -77,6 +82,7 @@ class QuickTunePruner(BasePruner):
         min_steps: int = 1,
         n_startup_trials: int = 0,
         keep_leader: bool = True,
+        stop_diverged: bool = True,
         rungs: str = "geometric",
     ) -> None:
         if not isinstance(sampler, QuickTuneSampler):
@@ -92,11 +98,18 @@ class QuickTunePruner(BasePruner):
         self.margin = float(margin)
         self.min_steps = int(min_steps)
         self.keep_leader = bool(keep_leader)
+        self.stop_diverged = bool(stop_diverged)
         if rungs not in ("geometric", "every"):
             raise ValueError(f"rungs must be 'geometric' or 'every', not {rungs!r}.")
         self.rungs = rungs
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        if self.stop_diverged and chains.diverged(list(trial.intermediate_values.values())):
+            return True  # NaN or +-inf: stopped at the step it appears (no surrogate can rank it)
+        with failing_trial(study, trial, finish=False):  # Optuna fails it; we say why
+            return self._prune(study, trial)
+
+    def _prune(self, study: Study, trial: FrozenTrial) -> bool:
         if not trial.intermediate_values:
             return False
         if self.rungs == "geometric" and not is_rung(int(trial.last_step or 0)):
@@ -108,7 +121,8 @@ class QuickTunePruner(BasePruner):
         ) < self.n_startup_trials:
             return False
         view = state.trials.get(trial.number)
-        reached = len(view.prefix) if view is not None else len(trial.intermediate_values)
+        chains.warn_beyond(trial, decision.fidelity_max)  # such steps are ignored (the prefix stops at max)
+        reached = len(view.prefix) if view is not None else 0
         if reached < self.min_steps or reached >= decision.fidelity_max:
             return False
         if self.keep_leader and view is not None and (

@@ -31,10 +31,11 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_quicktune import contract
+from optuna_quicktune import chains, contract
 from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
+from optuna_quicktune.recovery import Recovery, failing_trial
 from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
@@ -42,7 +43,7 @@ from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
 __all__ = ["QuickTuneSampler", "Action"]
 
 _logger = logging.getLogger(__name__)
-_PARAMS_KEY = "quicktune.params"  # system attr: the parameters chosen in before_trial
+_PARAMS_KEY = contract.PARAMS  # system attr: the parameters chosen in before_trial
 _DEFAULTS = DecisionSettings()
 
 
@@ -85,6 +86,10 @@ class QuickTuneSampler(BaseSampler):
         local_scale: Standard deviation of those draws in the [0, 1] encoding of the space.
         seed: Seed of the candidate pool and of fallbacks. ``None`` derives it from the study name,
             so that every worker of a study builds the same pool.
+        recovery: Leases of running trials and recovery of dead workers' trials (failed with
+            ``quicktune.fail_reason`` and enqueued again once); ``False`` turns it off, a
+            :class:`~optuna_quicktune.recovery.Recovery` sets the heartbeat and grace period.
+            Works with plain storage URLs and every storage (docs/distributed.md).
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class QuickTuneSampler(BaseSampler):
         local_scale: float = _DEFAULTS.local_scale,
         impute: str | None = None,
         seed: int | None = None,
+        recovery: Recovery | bool = True,
     ) -> None:
         warnings.warn(
             "QuickTuneSampler is experimental (optuna-quicktune 0.x): its interface may change.",
@@ -135,7 +141,8 @@ class QuickTuneSampler(BaseSampler):
         self.surrogate = surrogate
         self.space = surrogate.space
         self._impute = MetafeatureImputer(surrogate.prep, impute)
-        self.metafeatures = None if metafeatures is None else self._impute({str(k): float(v) for k, v in metafeatures.items()})
+        self.metafeatures = None if metafeatures is None else self._impute(contract.parse_metafeatures(
+            metafeatures, attribute="metafeatures=", allow_missing=self._impute.impute is not None))
         if self.metafeatures is not None:
             surrogate.prep.metafeatures(self.metafeatures)  # fail now, naming the bad names
         self.fidelity_max = fidelity_max
@@ -159,6 +166,7 @@ class QuickTuneSampler(BaseSampler):
         self._memo: dict[Any, Any] = {}  # parsed curves of finished trials (StudyState.build)
         self._warned: set[str] = set()
         self._fallback = RandomSampler(seed=seed)
+        self.recovery = recovery if isinstance(recovery, Recovery) else Recovery(enabled=bool(recovery))
 
     @property
     def horizon(self) -> str:
@@ -180,6 +188,7 @@ class QuickTuneSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        self._check_single_objective(study)
         # Only names the objective declared with the surrogate's distribution (else Optuna would fail
         # the trial); the rest, and the first trial's, are served by sample_independent.
         return self.space.relative_space_for(self.space.declared(study.get_trials(deepcopy=False)))
@@ -187,12 +196,14 @@ class QuickTuneSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        self._check_single_objective(study)
         params = trial.system_attrs.get(_PARAMS_KEY) or {}
         return {k: v for k, v in params.items() if k in search_space}
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        self._check_single_objective(study)
         chosen = trial.system_attrs.get(_PARAMS_KEY) or {}
         why = self.space.fallback_reason(param_name, param_distribution, chosen)
         if why is None:
@@ -205,7 +216,17 @@ class QuickTuneSampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._check_single_objective(study)
+        # Our own errors fail the trial with quicktune.fail_reason instead of leaving it RUNNING.
+        with failing_trial(study, trial):
+            try:
+                self._check_single_objective(study)
+                self.recovery.start(study, trial)  # lease this trial; recover those of dead workers
+                self._prepare_trial(study, trial)
+            except BaseException:
+                self.recovery.stop(trial)
+                raise
+
+    def _prepare_trial(self, study: Study, trial: FrozenTrial) -> None:
         if trial.system_attrs.get("fixed_params") is not None:
             self._annotate_enqueued(study, trial)
             return
@@ -224,7 +245,8 @@ class QuickTuneSampler(BaseSampler):
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
-        if state == TrialState.PRUNED and trial.user_attrs.get(contract.CHECKPOINT):
+        self.recovery.stop(trial)
+        if state == TrialState.PRUNED and trial.user_attrs.get(contract.CHECKPOINT) and not chains.diverged(list(trial.intermediate_values.values())):
             _set_user_attr(study, trial, contract.PAUSED, True)
 
     # ================================================================== public helpers
@@ -298,8 +320,7 @@ class QuickTuneSampler(BaseSampler):
 
     # ================================================================== decision inputs
     def _check_single_objective(self, study: Study) -> None:
-        if len(study.directions) != 1:
-            raise ValueError("QuickTuneSampler supports single-objective studies only.")
+        contract.study_direction(study)  # ContractError (a ValueError) for a multi-objective study
 
     def _seed(self, study: Study) -> int:
         if self.seed is not None:
@@ -320,16 +341,15 @@ class QuickTuneSampler(BaseSampler):
                     f"surrogate needs {self.surrogate.metafeature_names}."
                 )
             return None
-        mf = self._impute({str(k): float(v) for k, v in raw.items()})
+        mf = self._impute(contract.parse_metafeatures(raw, study=study.study_name, allow_missing=self._impute.impute is not None))
         self.surrogate.prep.metafeatures(mf)
         return mf
 
     def _fidelity_max(self, study: Study) -> int:
-        if self.fidelity_max is not None:
-            return int(self.fidelity_max)
-        fid = study.user_attrs.get(contract.FIDELITY)
-        return int(fid["max"]) if isinstance(fid, dict) and "max" in fid else self.surrogate.max_fidelity
-
+        fmax = int(self.fidelity_max) if self.fidelity_max is not None else (
+            contract.read_fidelity(study) or self.surrogate.max_fidelity)
+        contract.check_fidelity_fits(study, fmax, self.surrogate.max_fidelity)
+        return fmax
     def _pool(self, seed: int) -> Pool:
         if seed not in self._pools:
             configs = self.space.sample(self.n_candidates, seed)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_quicktune import contract
+from optuna_quicktune import chains, contract
 from optuna_quicktune.space import SearchSpace
 
 __all__ = ["TrialView", "StudyState"]
@@ -55,21 +55,14 @@ class StudyState:
         trial, whose reports can no longer change; the result is the same with or without it.
         """
         st = cls(space)
-        best = np.full(1, -np.inf)
+        reports: list[tuple[np.ndarray, np.ndarray]] = []
         for t in sorted(trials, key=lambda t: t.number):
-            parent = t.user_attrs.get(contract.RESUME_OF)
-            parent = int(parent) if parent is not None else None
+            parent = contract.read_resume_of(t)
             steps, own_v = _curve(t, memo)
-            if steps.size:
-                top = int(steps[-1])
-                if top >= best.shape[0]:
-                    best = np.concatenate([best, np.full(top + 1 - best.shape[0], -np.inf)])
-                finite = np.isfinite(own_v) & (steps >= 0)
-                np.maximum.at(best, steps[finite], sign * own_v[finite])
-            prefix = own_v
+            reports.append((steps, sign * own_v))
+            base = st.trials[parent].prefix if parent is not None and parent in st.trials else np.zeros(0)
+            prefix = chains.continue_curve(base, None, steps, own_v)[0]
             if parent is not None and parent in st.trials:
-                base = st.trials[parent].prefix
-                prefix = np.concatenate([base, own_v[steps > len(base)]])
                 # A failed continuation also ends the chain: resuming again would likely fail again.
                 st.trials[parent].continued = True
             params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
@@ -83,11 +76,11 @@ class StudyState:
                 config_id=config_id,
                 prefix=prefix,
                 resume_of=parent,
-                paused=bool(t.user_attrs.get(contract.PAUSED, False))
-                or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT))),
+                paused=(bool(t.user_attrs.get(contract.PAUSED, False))
+                or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT)))) and not chains.diverged(own_v),
                 checkpoint=t.user_attrs.get(contract.CHECKPOINT),
             )
-        st.best_at = {int(b): float(v) for b, v in enumerate(best) if v > -np.inf}
+        st.best_at = chains.best_by_step(reports)
         return st
 
     # ------------------------------------------------------------------ queries

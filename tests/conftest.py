@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import warnings
-from pathlib import Path
 
 import optuna
 import pytest
@@ -54,47 +46,12 @@ def surrogate_dir(surrogate, tmp_path_factory):
     return d
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A real PostgreSQL server started for the test session (CI installs the Debian package)."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
+    from optuna_quicktune.pgserver import local_postgres, postgres_available
+
+    if not postgres_available():
         pytest.skip("PostgreSQL server binaries not found: install the Debian package 'postgresql'.")
-    bindir = Path(bins[-1]).parent
-    # Not under pytest's tmp dir: that is private to the (root) user, and the server runs as 'postgres'.
-    base = Path(tempfile.mkdtemp(prefix="quicktune-pg-"))
-    data, sock = base / "data", base / "sock"
-    data.mkdir()
-    sock.mkdir()
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(base, "postgres")
-        shutil.chown(data, "postgres")
-        shutil.chown(sock, "postgres")
-        os.chmod(data, 0o700)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    log = data / "server.log"
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        for _ in range(50):
-            r = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "quicktune"],
-                               capture_output=True)
-            if r.returncode == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"createdb failed: {r.stderr.decode()}")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/quicktune"
-    finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with local_postgres() as url:
+        yield url

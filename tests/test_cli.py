@@ -17,6 +17,9 @@ def test_meta_train_and_inspect(family, tmp_path, capsys):
 
 
 def test_errors_are_one_line_and_help_is_useful(tmp_path, capsys):
+    import optuna
+
+    optuna.storages.get_storage(f"sqlite:///{tmp_path / 'empty.db'}")  # an existing database without studies
     assert main(["meta-train", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "describe_task" in err and "Traceback" not in err

@@ -93,6 +93,12 @@ def test_contract_breakers_are_skipped_with_a_reason(family, tmp_path, caplog):
 
 
 def test_empty_storage_error(tmp_path):
+    from optuna_quicktune.errors import StorageError
+
+    with pytest.raises(StorageError, match="No database"):  # a mistyped path is not a new empty database
+        MetaDataset.from_storage(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert not (tmp_path / "empty.db").exists()
+    optuna.storages.get_storage(f"sqlite:///{tmp_path / 'empty.db'}")  # an existing database without studies
     with pytest.raises(EmptyMetaDatasetError, match="describe_task"):
         MetaDataset.from_storage(f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(EmptyMetaDatasetError, match="not in the storage"):

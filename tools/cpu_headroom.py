@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         study.set_user_attr(contract.COLLECT_INFO, {"configs": len(labelled), "facts": args.facts, "epochs": args.epochs,
                                            "max_length": args.max_length, "seed": args.seed,
                                            "source": get_task(task).source, "license": get_task(task).license})
-        done = {t.user_attrs.get("quicktune.headroom.label") for t in study.get_trials(deepcopy=False)
+        done = {t.user_attrs.get(contract.HEADROOM_LABEL) for t in study.get_trials(deepcopy=False)
                 if t.state == optuna.trial.TrialState.COMPLETE}
         for label, config in labelled:
             if label in done:
                 continue
             study.enqueue_trial(config, user_attrs={contract.CONFIG_ID: space.config_id(config),
-                                                    "quicktune.headroom.label": label})
+                                                    contract.HEADROOM_LABEL: label})
             t0 = time.perf_counter()
             study.optimize(obj, n_trials=1)
             last = study.trials[-1]

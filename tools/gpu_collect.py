@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's packages, not an installed copy
-from optuna_quicktune.contract import HARDWARE  # noqa: E402
+from optuna_quicktune.contract import COST, HARDWARE  # noqa: E402
 
 
 
@@ -186,7 +186,7 @@ def card(storage: str, path: str, hardware: dict[str, Any]) -> None:
 
     how = (f"Runs on {hardware['device']} ({hardware['dtype']}), {hardware['concurrent_runs']} runs sharing it "
            f"(`tools/gpu_collect.py run --per-gpu {hardware['concurrent_runs']}`), torch {hardware['torch']}. "
-           "Costs (`quicktune.cost`) are seconds on that device with that many runs sharing it.")
+           f"Costs (`{COST}`) are seconds on that device with that many runs sharing it.")
     write_data_card(storage, path, how=how)
     with open(path, "a") as f:
         f.write("\n## Headroom (per task and model; `python -m trl_objectives.headroom STORAGE`)\n\n")

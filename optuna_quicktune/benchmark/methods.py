@@ -43,6 +43,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optuna_quicktune.benchmark.replay import BudgetExhausted, ReplayObjective, Session
+from optuna_quicktune import contract
 from optuna_quicktune.benchmark.rush import RushPruner
 from optuna_quicktune.space import SearchSpace
 
@@ -207,7 +208,7 @@ def run_zero_shot(session: Session, ctx: MethodContext) -> None:
     if score is None:
         raise ValueError(
             f"Scenario {session.scenario.name!r} has no zero-shot score for task {session.task!r}; "
-            "only LLM tables collected with the base model's scores (quicktune.zero_shot) have one."
+            f"only LLM tables collected with the base model's scores ({contract.ZERO_SHOT}) have one."
         )
     session.observe_free(score)
     session.end_trial()

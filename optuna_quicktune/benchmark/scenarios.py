@@ -41,6 +41,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from optuna_quicktune import contract
 from optuna_quicktune.benchmark.configspace import configspace_to_space
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.space import SearchSpace
@@ -632,8 +633,8 @@ def zero_shot_from_storage(storage: Any, study_names: Sequence[str] | None = Non
     out: dict[str, float] = {}
     for n in names:
         attrs = optuna.load_study(study_name=n, storage=storage).user_attrs
-        metric = (attrs.get("quicktune.task") or {}).get("metric")
-        value = ((attrs.get("quicktune.zero_shot") or {}).get(split) or {}).get(metric)
+        metric = (attrs.get(contract.TASK) or {}).get("metric")
+        value = ((attrs.get(contract.ZERO_SHOT) or {}).get(split) or {}).get(metric)
         if metric is not None and _finite(value):
             out[n] = float(value)
     return out

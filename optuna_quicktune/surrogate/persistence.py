@@ -76,9 +76,17 @@ def load(directory: str | Path) -> QuickTuneSurrogate:
         config: dict[str, Any] = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SurrogateFormatError(f"{cfg_path} is not valid JSON ({e}); the file is corrupted.") from e
+    if not isinstance(config, dict):
+        raise SurrogateFormatError(
+            f"{cfg_path} holds a JSON {type(config).__name__}, not the object QuickTuneSurrogate.save() writes; "
+            "the file is corrupted or not a saved surrogate."
+        )
     version = config.get("format_version")
-    if not isinstance(version, int):
-        raise SurrogateFormatError(f"{cfg_path} has no integer 'format_version'; it is not a saved surrogate.")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SurrogateFormatError(
+            f"{cfg_path} has format_version {version!r}; a saved surrogate has a whole number from 1 to "
+            f"{FORMAT_VERSION}. The file is corrupted or not a saved surrogate."
+        )
     if version > FORMAT_VERSION:
         raise SurrogateFormatError(
             f"{directory} was saved in format {version} by optuna-quicktune "

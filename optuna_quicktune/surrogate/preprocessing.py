@@ -37,6 +37,7 @@ import math
 import numpy as np
 import torch
 
+from optuna_quicktune.contract import METAFEATURES
 from optuna_quicktune.errors import MetaFeatureError
 
 __all__ = ["Preprocessing", "Batch", "slog", "impute_metafeatures", "MetafeatureImputer", "IMPUTE_CHOICES"]
@@ -105,7 +106,7 @@ class Preprocessing:
             if names:
                 raise MetaFeatureError(
                     f"This surrogate needs the meta-features {names}; pass metafeatures={{...}} or set "
-                    "the study's 'quicktune.metafeatures' user attribute."
+                    f"the study's {METAFEATURES!r} user attribute."
                 )
             return np.zeros(0)
         if isinstance(mf, Mapping):
