@@ -12,7 +12,7 @@ The rule, in the order it is applied
    of the greedy portfolio of the surrogate's meta-dataset (:mod:`.portfolio`), in order. The
    zero-shot surrogate's own ranking of configurations never seen on this task is less reliable
    than the configurations that won on many earlier tasks, so the worst case of the start is the
-   static portfolio's.
+   static portfolio's. The pruner lets these members run to their end (``keep_portfolio``).
 2. **Then the surrogate.** Every other action is scored by cost-aware expected improvement
    ``EI(mu, sigma; y*) / c ** cost_exponent`` and the best is taken. The actions are *new*
    configurations of the candidate pool (seeded random draws of the space plus the meta-dataset's

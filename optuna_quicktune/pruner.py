@@ -66,6 +66,11 @@ class QuickTunePruner(BasePruner):
         stop_diverged: Stop a run at the first NaN or +-inf it reports (no checkpoint is resumed
             and recovery never retries it). Why by default: a diverged curve gives the surrogate
             nothing to rank, so the cost-benefit rule would let it train to the end.
+        keep_portfolio: Never stop a run of one of the sampler's portfolio members (its
+            ``portfolio_first`` phase). The static portfolio runs them to the end; stopping one for
+            an alternative the zero-shot surrogate prefers is the judgement the portfolio phase
+            exists to avoid, so QuickTune's start is the portfolio's (measured on LCBench:
+            docs/benchmarks.md). Diverged runs are still stopped (``stop_diverged``).
         rungs: ``"geometric"`` decides at the reported steps 1, 2, 3, 4, 6, 8, 12, 18, 26, 39, ...
             (each about 1.5 x the previous, as the rungs of successive halving grow
             geometrically): what a curve tells about its end grows with the log of its length,
@@ -84,6 +89,7 @@ class QuickTunePruner(BasePruner):
         keep_leader: bool = True,
         stop_diverged: bool = True,
         rungs: str = "geometric",
+        keep_portfolio: bool = True,
     ) -> None:
         if not isinstance(sampler, QuickTuneSampler):
             raise TypeError("QuickTunePruner needs the study's QuickTuneSampler: QuickTunePruner(sampler).")
@@ -102,6 +108,7 @@ class QuickTunePruner(BasePruner):
         if rungs not in ("geometric", "every"):
             raise ValueError(f"rungs must be 'geometric' or 'every', not {rungs!r}.")
         self.rungs = rungs
+        self.keep_portfolio = bool(keep_portfolio)
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         if self.stop_diverged and chains.diverged(list(trial.intermediate_values.values())):
@@ -129,6 +136,8 @@ class QuickTunePruner(BasePruner):
             state.leads(view.number, reached, decision.sign) or not state.has_other_runs(view.number)
         ):
             return False  # the best curve so far, or the only one: no evidence yet against it
+        if self.keep_portfolio and view is not None and view.config_id in decision.portfolio_order:
+            return False  # a portfolio member runs to its end, as in the static portfolio
         mine = decision.continuation(trial.number)
         if mine is None:
             return False
