@@ -24,7 +24,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_quicktune.errors import ContractError
+from optuna_quicktune.errors import ContractError, MetaFeatureValueError
 from optuna_quicktune.space import SearchSpace
 
 __all__ = [
@@ -187,7 +187,7 @@ def parse_metafeatures(value: Any, *, study: str | None = None, attribute: str |
         if number is None or not math.isfinite(number) or abs(number) > METAFEATURE_LIMIT:
             problem = "not a number" if number is None else (
                 "not finite" if not math.isfinite(number) else f"larger in magnitude than {METAFEATURE_LIMIT:g}")
-            raise ContractError(f"meta-feature {str(k)!r} = {v!r} is {problem}.", study=study, attribute=attribute, fix=fix)
+            raise MetaFeatureValueError(f"meta-feature {str(k)!r} = {v!r} is {problem}.", study=study, attribute=attribute, fix=fix)
         out[str(k)] = number
     return out
 

@@ -64,3 +64,7 @@ class ContractError(QuickTuneError):
 
 class StorageError(QuickTuneError):
     """A storage URL cannot be opened (bad form, missing folder, not a database, unknown study)."""
+
+
+class MetaFeatureValueError(ContractError, MetaFeatureError):
+    """A meta-feature value that is not a finite number (both a contract and a meta-feature error)."""

@@ -246,8 +246,10 @@ def test_missing_metafeatures_are_refused_unless_imputation_is_asked(cond_family
     task = cond_family.tasks[HELD_OUT]
     partial = {k: v for k, v in task.metafeatures.items() if k != "n_examples"}
     partial["irrelevant"] = math.nan  # an OpenML quality can be missing as NaN
-    with pytest.raises(MetaFeatureError, match="missing \\['n_examples'\\]"):
+    with pytest.raises(MetaFeatureError, match="'irrelevant' = nan"):  # a NaN value is named
         QuickTuneSampler(cond_surrogate, metafeatures=partial)
+    with pytest.raises(MetaFeatureError, match="missing \\['n_examples'\\]"):
+        QuickTuneSampler(cond_surrogate, metafeatures={k: v for k, v in task.metafeatures.items() if k != "n_examples"})
 
     # The training means are stored with the surrogate (and come back from disk).
     train = [t for i, t in enumerate(cond_family.tasks) if i != HELD_OUT]
