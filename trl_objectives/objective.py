@@ -253,8 +253,11 @@ class SFTObjective:
         if task is not None:
             expected = {"dataset": self.dataset_name, "model": self.model_name, "metric": self.metric}
             diff = {k: (task.get(k), v) for k, v in expected.items() if task.get(k) != v}
-            fid = attrs.get(contract.FIDELITY) or {}
-            if fid.get("unit") != self.fidelity_unit or fid.get("max") != self.fidelity_max:
+            # Another process may be half-way through describing the study (the task is written
+            # before the fidelity): compare only what is already there; describing again writes
+            # the same values.
+            fid = attrs.get(contract.FIDELITY)
+            if fid is not None and (fid.get("unit") != self.fidelity_unit or fid.get("max") != self.fidelity_max):
                 diff["fidelity"] = (fid, {"unit": self.fidelity_unit, "max": self.fidelity_max})
             sp = attrs.get(contract.SPACE)
             if sp is not None and sp.get("fingerprint") != self.space.fingerprint:

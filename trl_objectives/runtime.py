@@ -8,6 +8,7 @@ quiet libraries, so that their own progress bar stays readable.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -25,7 +26,18 @@ def open_storage(url: str, *, heartbeat: bool = True, grace_period: int = 120) -
     if url.startswith("sqlite:"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {"heartbeat_interval": min(30, grace_period), "grace_period": grace_period} if heartbeat else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    # Two processes started together on a new database both create its schema; the loser gets an
+    # integrity or lock error from the schema's version table. The schema then exists: open again.
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (IntegrityError, OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def quiet_libraries() -> None:
