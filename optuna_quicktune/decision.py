@@ -41,7 +41,7 @@ from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.study_state import StudyState, TrialView
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 
-__all__ = ["Action", "Decision", "DecisionSettings", "Pool", "PredictionCache", "local_candidates"]
+__all__ = ["Action", "Decision", "DecisionSettings", "Pool", "PredictionCache", "in_space", "local_candidates"]
 
 
 class DecisionSettings(NamedTuple):
@@ -125,6 +125,13 @@ class PredictionCache:
         return len(self._data)
 
 
+def in_space(space: SearchSpace, cache: PredictionCache, view: TrialView) -> bool:
+    """Whether a trial's configuration lies in ``space``, remembered per configuration id."""
+    if view.config_id is None:
+        return space.contains(view.params)
+    return bool(cache.get(("in-space", space.fingerprint, view.config_id), lambda: space.contains(view.params)))
+
+
 def local_candidates(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int, scale: float, seed: Sequence[int]) -> list[dict[str, Any]]:
     """``n`` Gaussian perturbations (std ``scale`` in the [0, 1] encoding) spread over ``centres``."""
     if not centres or n < 1:
@@ -158,10 +165,7 @@ class Decision:
         return self.surrogate.space
 
     def in_space(self, view: TrialView) -> bool:
-        """Whether a trial's configuration lies in the surrogate's space (remembered per configuration)."""
-        if view.config_id is None:
-            return self.space.contains(view.params)
-        return bool(self.cache.get(("in-space", self.space.fingerprint, view.config_id), lambda: self.space.contains(view.params)))
+        return in_space(self.space, self.cache, view)
 
     # ------------------------------------------------------------------ actions
     def actions(self, *, exclude: int | None = None, limit: int | None = None) -> list[Action]:

@@ -32,7 +32,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
-from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
+from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache, in_space
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.recovery import Recovery, failing_trial
@@ -434,10 +434,7 @@ class QuickTuneSampler(BaseSampler):
         return self._views[key]
 
     def _in_space(self, view: Any) -> bool:
-        if view.config_id is None:
-            return self.space.contains(view.params)
-        key = ("in-space", self.space.fingerprint, view.config_id)
-        return bool(self._predictions.get(key, lambda: self.space.contains(view.params)))
+        return in_space(self.space, self._predictions, view)
 
     # ================================================================== storage writes
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:
