@@ -29,6 +29,8 @@ restarted processes agree) and is immutable; the predictions it makes are kept i
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.study_state import StudyState, TrialView
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 
-__all__ = ["Action", "Decision", "DecisionSettings", "Pool", "PredictionCache", "in_space", "local_candidates"]
+__all__ = ["Action", "Decision", "DecisionSettings", "Pool", "PredictionCache", "local_candidates"]
 
 
 class DecisionSettings(NamedTuple):
@@ -93,6 +95,11 @@ class Pool:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @functools.cached_property
+    def key(self) -> str:
+        """A digest of the pool's configuration ids: names its rows for the surrogate's query cache."""
+        return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:16]
+
 
 class PredictionCache:
     """The one bounded cache of predictions (least recently used entries are dropped).
@@ -123,13 +130,6 @@ class PredictionCache:
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-def in_space(space: SearchSpace, cache: PredictionCache, view: TrialView) -> bool:
-    """Whether a trial's configuration lies in ``space``, remembered per configuration id."""
-    if view.config_id is None:
-        return space.contains(view.params)
-    return bool(cache.get(("in-space", space.fingerprint, view.config_id), lambda: space.contains(view.params)))
 
 
 def local_candidates(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int, scale: float, seed: Sequence[int]) -> list[dict[str, Any]]:
@@ -165,7 +165,7 @@ class Decision:
         return self.surrogate.space
 
     def in_space(self, view: TrialView) -> bool:
-        return in_space(self.space, self.cache, view)
+        return view.in_space
 
     # ------------------------------------------------------------------ actions
     def actions(self, *, exclude: int | None = None, limit: int | None = None) -> list[Action]:
@@ -175,7 +175,7 @@ class Decision:
         mean, std, cost = self.new_predictions()
         local = self.local_pool(used)
         if len(local):
-            lm, ls, lc = self.cache.get((self.surrogate.view_id, "local", tuple(local.ids)),
+            lm, ls, lc = self.cache.get((self.surrogate.view_id, "local", local.key),
                                         lambda: self.predict_horizon(local.X, [np.zeros(0)] * len(local)))
             configs, ids = pool.configs + local.configs, pool.ids + local.ids
             mean, std, cost = np.concatenate([mean, lm]), np.concatenate([std, ls]), np.concatenate([cost, lc])
@@ -196,7 +196,7 @@ class Decision:
                     for i in order if np.isfinite(scores[i])]
         paused = [v for v in self.state.resumable() if v.number != exclude and len(v.prefix) < self.fidelity_max
                   and self.in_space(v)]
-        out += self.continuations(paused, kind="resume")
+        out += self.continuations(paused, kind="resume", limit=limit)
         out.sort(key=lambda a: (-a.priority, -a.score))
         return out if limit is None else out[:limit]
 
@@ -239,7 +239,8 @@ class Decision:
     def new_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sign-adjusted mean, std and cost of every pool configuration started from scratch."""
         key = (self.surrogate.view_id, "new", self.seed, self._mf_key(), self.fidelity_max, self.sign, self.settings.horizon)
-        return self.cache.get(key, lambda: self.predict_horizon(self.pool.X, [np.zeros(0)] * len(self.pool), pooled=True))
+        return self.cache.get(key, lambda: self.predict_horizon(
+            self.pool.X, [np.zeros(0)] * len(self.pool), pooled=True, query="pool", pool=self.pool))
 
     def final_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """Predicted final score (metric units) of every pool configuration, mean and std."""
@@ -247,11 +248,22 @@ class Decision:
         return self.cache.get(key, lambda: self.surrogate.predict(
             self.pool.X, None, self.fidelity_max, fidelity_max=self.fidelity_max, metafeatures=self.metafeatures, sign=self.sign))
 
-    def continuations(self, views: Sequence[TrialView], kind: str) -> list[Action]:
+    def continuations(self, views: Sequence[TrialView], kind: str, limit: int | None = None) -> list[Action]:
+        """Resuming (``kind="resume"``) or continuing each view, scored; the best ``limit`` if given."""
         if not views:
             return []
+        scores, target = self._continuation_scores(views, kind)
+        order = range(len(views)) if limit is None else np.argsort(-scores, kind="stable")[:limit]
+        return [
+            Action(kind, dict(views[i].params), views[i].config_id or self.space.config_id(views[i].params),
+                   float(scores[i]), int(target[i]), resume_of=views[i].number if kind == "resume" else None,
+                   checkpoint=views[i].checkpoint if kind == "resume" else None, prefix_len=len(views[i].prefix))
+            for i in order
+        ]
+
+    def _continuation_scores(self, views: Sequence[TrialView], kind: str) -> tuple[np.ndarray, np.ndarray]:
         prefixes = [v.prefix for v in views]
-        X = self.space.encode_many([v.params for v in views])
+        X = self.encode(views)
         steps = self.config_step_costs(X)
         if kind == "resume":  # a paused curve does not change until it is resumed
             key = (self.surrogate.view_id, "resume", self._mf_key(), self.fidelity_max, self.sign,
@@ -260,14 +272,16 @@ class Decision:
         else:
             mean, std, cost = self.predict_horizon(X, prefixes, steps=steps)
         target = self.targets(prefixes)
-        inc = np.array([self.state.incumbent(int(b)) for b in target])
-        scores = cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent)
-        return [
-            Action(kind, dict(v.params), v.config_id or self.space.config_id(v.params), float(sc), int(b),
-                   resume_of=v.number if kind == "resume" else None,
-                   checkpoint=v.checkpoint if kind == "resume" else None, prefix_len=len(v.prefix))
-            for v, sc, b in zip(views, scores, target)
-        ]
+        incumbents = {int(b): self.state.incumbent(int(b)) for b in np.unique(target)}
+        inc = np.array([incumbents[int(b)] for b in target])
+        return cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), target
+
+    def encode(self, views: Sequence[TrialView]) -> np.ndarray:
+        """The encoded configurations of ``views``, remembered per configuration id."""
+        fp = self.space.fingerprint
+        rows = [self.cache.get(("encoded", fp, v.config_id), lambda v=v: self.space.encode(v.params)) if v.config_id
+                else self.space.encode(v.params) for v in views]
+        return np.stack(rows) if rows else np.zeros((0, self.space.dim))
 
     def targets(self, prefixes: Sequence[np.ndarray]) -> np.ndarray:
         if self.settings.horizon == "final":
@@ -275,15 +289,22 @@ class Decision:
         return np.array([min(len(p) + 1, self.fidelity_max) for p in prefixes])
 
     def predict_horizon(
-        self, X: np.ndarray, prefixes: Sequence[np.ndarray], pooled: bool = False, steps: np.ndarray | None = None
+        self, X: np.ndarray, prefixes: Sequence[np.ndarray], pooled: bool = False, steps: np.ndarray | None = None,
+        query: str | None = None, pool: Pool | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sign-adjusted mean and std at each action's target fidelity, and the cost to get there."""
+        """Sign-adjusted mean and std at each action's target fidelity, and the cost to get there.
+
+        ``query``/``pool``: ``X`` is that pool's rows started from scratch, so the surrogate may
+        bring its earlier predictions of them up to date instead of recomputing them.
+        """
         s, fmax = self.surrogate, self.fidelity_max
         target = self.targets(prefixes)
-        mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign)
+        key = None if pool is None else (query, pool.key, self._mf_key(), fmax, self.sign, self.settings.horizon)
+        mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign,
+                              query_key=key)
         start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
         if steps is None:
-            steps = self.pool_step_costs() if pooled else self.step_costs(X)
+            steps = self.pool_step_costs() if pooled else self.config_step_costs(X)
         cum = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(steps, axis=1)], axis=1)
         rows = np.arange(X.shape[0])
         hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)

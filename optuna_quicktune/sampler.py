@@ -32,11 +32,11 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
-from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache, in_space
+from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.recovery import Recovery, failing_trial
-from optuna_quicktune.study_state import StudyState
+from optuna_quicktune.study_state import StudyState, conflicting_claim
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
 
@@ -237,8 +237,8 @@ class QuickTuneSampler(BaseSampler):
                 return  # nothing left in the pool: every parameter falls back to random sampling
             for action in actions:
                 self._claim(study, trial, action, decision)
-                fresh = StudyState.build(study.get_trials(deepcopy=False), self.space, decision.sign, self._memo)
-                if not fresh.conflicting(trial.number, action.config_id, action.resume_of):
+                fresh = study.get_trials(deepcopy=False)
+                if not conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, self.space):
                     return
         _logger.warning("Trial %d: every top action was taken by other workers; using the last one.", trial.number)
 
@@ -408,7 +408,7 @@ class QuickTuneSampler(BaseSampler):
         """
         ends = [
             v for v in state.trials.values()
-            if v.state.is_finished() and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and self._in_space(v)
+            if v.state.is_finished() and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and v.in_space
         ]
         if not ends:
             return base
@@ -432,9 +432,6 @@ class QuickTuneSampler(BaseSampler):
         while len(self._views) > 2:
             self._views.popitem(last=False)
         return self._views[key]
-
-    def _in_space(self, view: Any) -> bool:
-        return in_space(self.space, self._predictions, view)
 
     # ================================================================== storage writes
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:

@@ -12,6 +12,7 @@ the configuration (a child reports from where its parent stopped).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_quicktune import chains, contract
 from optuna_quicktune.space import SearchSpace
 
-__all__ = ["TrialView", "StudyState"]
+__all__ = ["TrialView", "StudyState", "conflicting_claim"]
 
 
 
@@ -37,6 +38,7 @@ class TrialView:
     paused: bool
     checkpoint: str | None = None
     continued: bool = False  # another trial resumes this one
+    in_space: bool = True  # the configuration lies in the state's search space (the surrogate can score it)
 
 
 @dataclass
@@ -51,35 +53,28 @@ class StudyState:
     ) -> "StudyState":
         """The state of ``trials``.
 
-        ``memo`` (a dict the caller keeps between calls) caches the parsed curve of every finished
-        trial, whose reports can no longer change; the result is the same with or without it.
+        ``memo`` (a dict the caller keeps between calls) caches the view of every finished trial,
+        whose reports can no longer change (keyed by what the view depends on: its reports, the
+        attributes read, its parent's curve); the result is the same with or without it.
         """
         st = cls(space)
         reports: list[tuple[np.ndarray, np.ndarray]] = []
         for t in sorted(trials, key=lambda t: t.number):
             parent = contract.read_resume_of(t)
-            steps, own_v = _curve(t, memo)
-            reports.append((steps, sign * own_v))
-            base = st.trials[parent].prefix if parent is not None and parent in st.trials else np.zeros(0)
-            prefix = chains.continue_curve(base, None, steps, own_v)[0]
-            if parent is not None and parent in st.trials:
+            parent_view = None if parent is None else st.trials.get(parent)
+            key = _memo_key(t, parent_view, sign)
+            hit = None if memo is None or key is None else memo.get(key)
+            if hit is None:
+                hit = _view(t, parent, parent_view, space, sign, memo)
+                if memo is not None and key is not None:
+                    memo[key] = hit
+            view, report = hit
+            if parent_view is not None:
                 # A failed continuation also ends the chain: resuming again would likely fail again.
-                st.trials[parent].continued = True
-            params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
-            config_id = t.user_attrs.get(contract.CONFIG_ID)
-            if config_id is None and params and space.contains(params):
-                config_id = space.config_id(params)
-            st.trials[t.number] = TrialView(
-                number=t.number,
-                state=t.state,
-                params=params,
-                config_id=config_id,
-                prefix=prefix,
-                resume_of=parent,
-                paused=(bool(t.user_attrs.get(contract.PAUSED, False))
-                or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT)))) and not chains.diverged(own_v),
-                checkpoint=t.user_attrs.get(contract.CHECKPOINT),
-            )
+                parent_view.continued = True
+            # A fresh copy per build: ``continued`` depends on the other trials of this build.
+            st.trials[t.number] = copy.copy(view)
+            reports.append(report)
         st.best_at = chains.best_by_step(reports)
         return st
 
@@ -130,21 +125,72 @@ class StudyState:
             n = self.trials[n].resume_of if n in self.trials else None
         return any(len(v.prefix) > 0 for k, v in self.trials.items() if k not in chain)
 
-    def conflicting(self, number: int, config_id: str, resume_of: int | None) -> bool:
-        """Whether any other trial holds this configuration (or continues this parent).
 
-        Called after this trial wrote its claim. Whoever reads the other's claim yields, so two
-        workers can never both keep the same claim; at worst both yield and pick again.
-        """
-        for n, v in self.trials.items():
-            if n == number:
-                continue
-            if resume_of is not None:
-                if v.resume_of == resume_of:
-                    return True
-            elif v.config_id == config_id and v.resume_of is None:
+def conflicting_claim(
+    trials: Sequence[FrozenTrial], number: int, config_id: str, resume_of: int | None, space: SearchSpace
+) -> bool:
+    """Whether any trial other than ``number`` holds this configuration (or continues this parent).
+
+    Called after trial ``number`` wrote its claim, on freshly read trials. Whoever reads the
+    other's claim yields, so two workers can never both keep the same claim; at worst both yield
+    and pick again. Reads the two attributes directly: no state is built for this check.
+    """
+    for t in trials:
+        if t.number == number:
+            continue
+        parent = contract.read_resume_of(t)
+        if resume_of is not None:
+            if parent == resume_of:
                 return True
-        return False
+            continue
+        if parent is not None:
+            continue
+        cid = t.user_attrs.get(contract.CONFIG_ID)
+        if cid is None:
+            params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
+            cid = space.config_id(params) if params and space.contains(params) else None
+        if cid == config_id:
+            return True
+    return False
+
+
+def _memo_key(t: FrozenTrial, parent: "TrialView | None", sign: float) -> tuple[Any, ...] | None:
+    """What a finished trial's view depends on (None: not finished, so not memoised).
+
+    Optuna refuses every update of a finished trial (reports and attributes alike), so its own
+    part is named by its id and state; its parent's curve is part of the key.
+    """
+    if not t.state.is_finished():
+        return None
+    parent_key = None if parent is None else (parent.number, len(parent.prefix), parent.prefix.tobytes())
+    return ("view", t._trial_id, t.number, t.datetime_start, t.state, len(t.intermediate_values),  # noqa: SLF001
+            parent_key, sign)
+
+
+def _view(
+    t: FrozenTrial, parent: int | None, parent_view: "TrialView | None", space: SearchSpace, sign: float,
+    memo: dict[Any, Any] | None,
+) -> tuple["TrialView", tuple[np.ndarray, np.ndarray]]:
+    steps, own_v = _curve(t, memo)
+    base = parent_view.prefix if parent_view is not None else np.zeros(0)
+    prefix = chains.continue_curve(base, None, steps, own_v)[0]
+    params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
+    config_id = t.user_attrs.get(contract.CONFIG_ID)
+    if config_id is None and params and space.contains(params):
+        config_id = space.config_id(params)
+    view = TrialView(
+        number=t.number,
+        state=t.state,
+        params=params,
+        config_id=config_id,
+        prefix=prefix,
+        resume_of=parent,
+        paused=(bool(t.user_attrs.get(contract.PAUSED, False))
+                or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT)))) and not chains.diverged(own_v),
+        checkpoint=t.user_attrs.get(contract.CHECKPOINT),
+        in_space=bool(params) and space.contains(params),
+    )
+    return view, (steps, sign * own_v)
 
 
 def _curve(t: FrozenTrial, memo: dict[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:

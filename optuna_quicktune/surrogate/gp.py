@@ -11,6 +11,12 @@ alpha = K^-1 (y - mean): the weights of the posterior mean.
 k(z, Z): cross-covariance ``(q, n)``; the posterior is
     mean(z) = mean + k(z, Z) alpha,    var(z) = k(z, z) - k(z, Z) K^-1 k(Z, z) + noise.
 
+Incremental queries: a :class:`QueryState` keeps, for fixed query points z, ``k(z, Z)`` and the
+posterior mean and variance. When the posterior is extended by a block of points z2 (Schur
+complement ``S``, ``a = K^-1 k(Z, z2)``, residual ``r = y2 - mean(z2)``), the state follows in
+``O(q n m)`` instead of ``O(q n^2)``:
+    k~ = k(z, z2) - k(z, Z) a,   mean += k~ S^-1 r,   var -= rowsum((k~ S^-1) * k~).
+
 The kernel is ``outputscale * r(||z - z'|| / lengthscale)`` with ``r`` the RBF or the Matérn 5/2
 correlation. Hyper-parameters are stored as unconstrained raw values and mapped through softplus
 so that gradient steps can never make them non-positive.
@@ -18,15 +24,19 @@ so that gradient steps can never make them non-positive.
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["ExactGP", "KERNELS"]
+__all__ = ["ExactGP", "KERNELS", "Posterior", "QueryState"]
 
 KERNELS = ("rbf", "matern52")
 _JITTER = 1e-5
+_LINEAGE = 64  # extension blocks a posterior remembers (older query states are recomputed)
+_UIDS = itertools.count()
 
 
 class ExactGP(nn.Module):
@@ -86,11 +96,54 @@ class ExactGP(nn.Module):
         return Posterior(self, Z, y, alpha, K_inv)
 
 
-class Posterior:
-    """The GP conditioned on a fixed context; cheap to query many times."""
+@dataclass(frozen=True)
+class _Block:
+    """How a posterior extends its parent: the new points and what a query needs to follow."""
 
-    def __init__(self, gp: ExactGP, Z: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, K_inv: torch.Tensor) -> None:
+    parent: int  # uid of the extended posterior
+    z: torch.Tensor  # (m, e) the new points
+    a: torch.Tensor  # (n, m) K^-1 k(Z, z) of the parent
+    S_inv: torch.Tensor  # (m, m) inverse Schur complement
+    resid: torch.Tensor  # (m,) y - the parent's mean at z
+
+
+@dataclass(frozen=True)
+class QueryState:
+    """Exact predictions at fixed query points ``z`` under the posterior ``uid``."""
+
+    uid: int
+    z: torch.Tensor  # (q, e)
+    k: torch.Tensor  # (q, n) k(z, Z)
+    mean: torch.Tensor  # (q,)
+    var: torch.Tensor  # (q,) noisy-observation variance, not clamped
+
+    def __len__(self) -> int:
+        return int(self.z.shape[0])
+
+    def rows(self, idx: torch.Tensor) -> "QueryState":
+        return QueryState(self.uid, self.z[idx], self.k[idx], self.mean[idx], self.var[idx])
+
+    def cat(self, other: "QueryState") -> "QueryState":
+        if other.uid != self.uid:
+            raise ValueError("Query states of two posteriors cannot be joined.")
+        return QueryState(self.uid, torch.cat([self.z, other.z]), torch.cat([self.k, other.k]),
+                          torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]))
+
+
+class Posterior:
+    """The GP conditioned on a fixed context; cheap to query many times.
+
+    ``uid`` names this posterior; ``lineage`` holds the (last ``_LINEAGE``) extension blocks that
+    led to it, so that a :class:`QueryState` made for an ancestor can be brought up to date.
+    """
+
+    def __init__(
+        self, gp: ExactGP, Z: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, K_inv: torch.Tensor,
+        lineage: tuple[_Block, ...] = (),
+    ) -> None:
         self.gp, self.Z, self.y, self.alpha, self.K_inv = gp, Z, y, alpha, K_inv
+        self.lineage = lineage
+        self.uid = next(_UIDS)
 
     def extended(self, z: torch.Tensor, y: torch.Tensor) -> "Posterior":
         """The posterior after also observing ``y`` at ``z``, without refactorising the context.
@@ -109,13 +162,39 @@ class Posterior:
             top_right = -a @ S_inv
             K_inv = torch.cat([torch.cat([top_left, top_right], 1), torch.cat([top_right.T, S_inv], 1)], 0)
             Z = torch.cat([self.Z, z])
-            y_all = torch.cat([self.y, y.to(self.y.dtype)])
+            y = y.to(self.y.dtype)
+            y_all = torch.cat([self.y, y])
             alpha = K_inv @ (y_all - self.gp.mean)
-        return Posterior(self.gp, Z, y_all, alpha, K_inv)
+            block = _Block(self.uid, z, a, S_inv, y - (self.gp.mean + k12.T @ self.alpha))
+        return Posterior(self.gp, Z, y_all, alpha, K_inv, (self.lineage + (block,))[-_LINEAGE:])
+
+    def query(self, z: torch.Tensor) -> QueryState:
+        """Predictions at ``z`` from scratch, ``O(q n^2)``."""
+        with torch.no_grad():
+            k = self.gp.covariance(z, self.Z)
+            mean = self.gp.mean + k @ self.alpha
+            var = self.gp.outputscale - ((k @ self.K_inv) * k).sum(-1) + self.gp.noise
+        return QueryState(self.uid, z, k, mean, var)
+
+    def advance(self, state: QueryState) -> QueryState | None:
+        """``state`` brought up to this posterior, or None when it is not an ancestor's (recompute then)."""
+        if state.uid == self.uid:
+            return state
+        start = next((i for i, b in enumerate(self.lineage) if b.parent == state.uid), None)
+        if start is None:
+            return None
+        k, mean, var = state.k, state.mean, state.var
+        with torch.no_grad():
+            for b in self.lineage[start:]:
+                k2 = self.gp.covariance(state.z, b.z)
+                kt = k2 - k @ b.a
+                B = kt @ b.S_inv
+                mean = mean + B @ b.resid
+                var = var - (B * kt).sum(-1)
+                k = torch.cat([k, k2], 1)
+        return QueryState(self.uid, state.z, k, mean, var)
 
     def predict(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and variance of noisy observations at ``z``."""
-        k = self.gp.covariance(z, self.Z)
-        mean = self.gp.mean + k @ self.alpha
-        var = self.gp.outputscale - ((k @ self.K_inv) * k).sum(-1) + self.gp.noise
-        return mean, var.clamp_min(1e-9)
+        q = self.query(z)
+        return q.mean, q.var.clamp_min(1e-9)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.surrogate.gp import ExactGP, Posterior
 from optuna_quicktune.surrogate.networks import CostNet, FeatureExtractor
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
+from optuna_quicktune.surrogate.query_cache import QueryCache
 
 if TYPE_CHECKING:
     from optuna_quicktune.portfolio import PortfolioTable
@@ -71,6 +72,8 @@ class PerformanceSurrogate:
         self.context_y: torch.Tensor | None = None
         self.std_scale = 1.0
         self._posterior: Posterior | None = None
+        # Predictions that follow conditioned views; shared by them (copy.copy), not by deep copies.
+        self.queries = QueryCache()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.net.parameters()) + list(self.gp.parameters())
@@ -86,6 +89,7 @@ class PerformanceSurrogate:
         self.context = b
         self.context_y = torch.as_tensor(y, dtype=torch.float64)
         self._posterior = None
+        self.queries.clear()
 
     def posterior(self) -> Posterior:
         if self.context is None or self.context_y is None:
@@ -97,9 +101,14 @@ class PerformanceSurrogate:
 
     def predict_z(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the normalised score (calibrated by ``std_scale``)."""
-        post = self.posterior()
         with torch.no_grad():
-            mean, var = post.predict(self.embed(b))
+            mean, var = self.queries.predict(self.posterior(), b, self.embed)
+        return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
+
+    def predict_z_set(self, key: Hashable, make_batch: Callable[[], Batch]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_z` of a fixed row set named by ``key`` (see :class:`QueryCache`)."""
+        with torch.no_grad():
+            mean, var = self.queries.predict_set(self.posterior(), key, make_batch, self.embed)
         return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
 
     def conditioned(self, b: Batch, y: np.ndarray | torch.Tensor) -> "PerformanceSurrogate":
@@ -119,6 +128,7 @@ class PerformanceSurrogate:
 
     def invalidate(self) -> None:
         self._posterior = None
+        self.queries.clear()
 
 
 class CostSurrogate:
@@ -216,7 +226,8 @@ class QuickTuneSurrogate:
             return self
         b = self.batch(X, None, np.asarray(fidelities), fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
         view = copy.copy(self)
-        view.performance = self.performance.conditioned(b, self.prep.z(np.asarray(y, dtype=np.float64), sign))
+        with single_thread():
+            view.performance = self.performance.conditioned(b, self.prep.z(np.asarray(y, dtype=np.float64), sign))
         view.view_id = f"view-{next(_VIEW_IDS)}"
         return view
 
@@ -267,11 +278,22 @@ class QuickTuneSurrogate:
         fidelity_max: int,
         metafeatures: Mapping[str, float] | np.ndarray | None,
         sign: float = 1.0,
+        query_key: Hashable | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted mean and std of the score at ``target`` in the metric's own units and direction."""
-        b = self.batch(X, prefixes, target, fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
+        """Predicted mean and std of the score at ``target`` in the metric's own units and direction.
+
+        ``query_key``: a name the caller gives this exact set of inputs when it predicts the same
+        set under several views (the sampler's pool); its predictions then follow the views
+        without being recomputed. Never reuse a key for other inputs.
+        """
+        def make() -> Batch:
+            return self.batch(X, prefixes, target, fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
+
         with single_thread():
-            mz, sz = self.performance.predict_z(b)
+            if query_key is not None:
+                mz, sz = self.performance.predict_z_set(query_key, make)
+            else:
+                mz, sz = self.performance.predict_z(make())
         return self.prep.y(mz, sign), sz * self.prep.y_std
 
     def predict_cost(

@@ -1,0 +1,121 @@
+"""Incremental predictions (query states, the surrogate's query cache) and the memoised study state."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from optuna_quicktune import contract
+from optuna_quicktune.study_state import StudyState, conflicting_claim
+from optuna_quicktune.surrogate.gp import ExactGP
+
+
+def test_query_state_follows_extensions_exactly():
+    torch.manual_seed(0)
+    gp = ExactGP("matern52")
+    Z, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    post = gp.condition(Z, y)
+    q = torch.randn(25, 3, dtype=torch.float64)
+    state = post.query(q)
+    for m in (1, 3, 2):
+        post = post.extended(torch.randn(m, 3, dtype=torch.float64), torch.randn(m, dtype=torch.float64))
+    advanced = post.advance(state)
+    assert advanced is not None and advanced.uid == post.uid
+    fresh = gp.condition(post.Z, post.y).query(q)  # refactorised from scratch
+    np.testing.assert_allclose(advanced.mean.numpy(), fresh.mean.numpy(), atol=1e-10)
+    np.testing.assert_allclose(advanced.var.numpy(), fresh.var.numpy(), atol=1e-10)
+    # A posterior outside the lineage (another context) cannot advance the state: recompute.
+    assert gp.condition(Z[:10], y[:10]).advance(state) is None
+
+
+def test_cached_predictions_equal_fresh_ones_across_views(family, surrogate):
+    task = family.tasks[-1]
+    space = surrogate.space
+    kw = dict(fidelity_max=surrogate.max_fidelity, metafeatures=task.metafeatures)
+    X = space.encode_many(space.sample(30, 5))
+    prefixes = [np.linspace(0.1, 0.3, k) for k in [0, 1, 2] * 10]
+    view = surrogate
+    for step in range(3):
+        obs = space.encode_many(space.sample(2, 100 + step))
+        view = view.conditioned_on(obs, np.array([1, 2]), np.array([0.3, 0.5]), **kw)
+        # Named pool (query_key) and row-keyed prefixes, both cached across the views.
+        pool = view.predict(X, None, surrogate.max_fidelity, query_key=("pool", "test"), **kw)
+        rows = view.predict(X, prefixes, surrogate.max_fidelity, **kw)
+        ref = copy.deepcopy(view)
+        ref.performance.queries.clear()
+        ref.performance.invalidate()
+        for got, want in ((pool, ref.predict(X, None, surrogate.max_fidelity, **kw)),
+                          (rows, ref.predict(X, prefixes, surrogate.max_fidelity, **kw))):
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
+    assert len(surrogate.performance.queries) > 0  # the views share the base's cache
+    assert len(copy.deepcopy(surrogate).performance.queries) == 0  # a copy (other weights later) shares nothing
+
+
+def _chain_study(family):
+    space = family.space
+    dists = dict(space.distributions)
+    configs = space.sample(4, 7)
+    trials = []
+    for i, c in enumerate(configs):
+        trials.append(optuna.trial.create_trial(
+            params=c, distributions=dists, state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={1: 0.1 * i, 2: 0.1 * i + 0.05},
+            user_attrs={contract.CONFIG_ID: space.config_id(c), contract.CHECKPOINT: f"ck{i}", contract.PAUSED: True},
+        ))
+    # Trial 4 resumes trial 0 and reports steps 3-4.
+    trials.append(optuna.trial.create_trial(
+        params=configs[0], distributions=dists, state=optuna.trial.TrialState.COMPLETE, value=0.4,
+        intermediate_values={3: 0.3, 4: 0.4},
+        user_attrs={contract.CONFIG_ID: space.config_id(configs[0]), contract.RESUME_OF: 0},
+    ))
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    return study
+
+
+def _same(a: StudyState, b: StudyState) -> None:
+    assert a.trials.keys() == b.trials.keys() and a.best_at == b.best_at
+    for n in a.trials:
+        va, vb = a.trials[n], b.trials[n]
+        np.testing.assert_array_equal(va.prefix, vb.prefix)
+        assert (va.paused, va.continued, va.config_id, va.resume_of, va.in_space) == (
+            vb.paused, vb.continued, vb.config_id, vb.resume_of, vb.in_space)
+
+
+def test_memoised_study_state_equals_a_fresh_build(family):
+    study = _chain_study(family)
+    memo: dict = {}
+    trials = study.get_trials(deepcopy=False)
+    first = StudyState.build(trials, family.space, 1.0, memo)
+    _same(first, StudyState.build(trials, family.space, 1.0))
+    assert first.trials[0].continued and not first.trials[1].continued
+    np.testing.assert_allclose(first.trials[4].prefix, [0.0, 0.05, 0.3, 0.4])
+    # A memoised view is never shared with a state: marking one continued leaves the next build alone.
+    first.trials[2].continued = True
+    _same(StudyState.build(trials, family.space, 1.0, memo), StudyState.build(trials, family.space, 1.0))
+    # A running trial is never memoised: its next report shows in the next build.
+    running = study.ask()
+    running.report(0.2, 1)
+    assert len(StudyState.build(study.get_trials(deepcopy=False), family.space, 1.0, memo).trials[5].prefix) == 1
+    running.report(0.25, 2)
+    again = StudyState.build(study.get_trials(deepcopy=False), family.space, 1.0, memo)
+    np.testing.assert_allclose(again.trials[5].prefix, [0.2, 0.25])
+    _same(again, StudyState.build(study.get_trials(deepcopy=False), family.space, 1.0))
+
+
+@pytest.mark.parametrize("resume_of, config_of, expected", [
+    (None, 1, True),    # trial 1 started that configuration
+    (None, 0, False),   # trial 4 holds config 0 but as a continuation, and trial 0 is "us"
+    (0, None, True),    # trial 4 already continues trial 0
+    (2, None, False),   # nobody continues trial 2
+])
+def test_conflicting_claim_reads_claims_of_other_trials(family, resume_of, config_of, expected):
+    study = _chain_study(family)
+    trials = study.get_trials(deepcopy=False)
+    cid = None if config_of is None else trials[config_of].user_attrs[contract.CONFIG_ID]
+    assert conflicting_claim(trials, 0 if resume_of is None else 99, cid or "", resume_of, family.space) is expected
