@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,9 +221,9 @@ class Decision:
         """Neighbours of the study's three best finished runs (seeded by the study and those runs)."""
         if not self.settings.n_local:
             return Pool([], np.zeros((0, self.space.dim)), [])
-        ends = [v for v in self.state.trials.values() if v.state.is_finished() and len(v.prefix) and not v.continued
-                and np.isfinite(v.prefix).any() and self.in_space(v)]
-        best = sorted(ends, key=lambda v: (-float(np.nanmax(self.sign * v.prefix)), v.number))[:3]
+        ends = [v for v in self.state.trials.values()
+                if v.best > -np.inf and not v.continued and v.state.is_finished() and v.in_space]
+        best = heapq.nsmallest(3, ends, key=lambda v: (-v.best, v.number))
         key = (self.seed, tuple(v.number for v in best))
         n, scale = self.settings.n_local, self.settings.local_scale
         pool = self.cache.get(

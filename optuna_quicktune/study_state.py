@@ -12,7 +12,7 @@ the configuration (a child reports from where its parent stopped).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +27,10 @@ __all__ = ["TrialView", "StudyState", "conflicting_claim"]
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialView:
+    """One trial as the decision reads it. Frozen: finished trials' views are shared between builds."""
+
     number: int
     state: TrialState
     params: dict[str, Any]
@@ -39,6 +41,7 @@ class TrialView:
     checkpoint: str | None = None
     continued: bool = False  # another trial resumes this one
     in_space: bool = True  # the configuration lies in the state's search space (the surrogate can score it)
+    best: float = -np.inf  # the best (sign-adjusted) finite score of the chain so far
 
 
 @dataclass
@@ -59,7 +62,8 @@ class StudyState:
         """
         st = cls(space)
         reports: list[tuple[np.ndarray, np.ndarray]] = []
-        for t in sorted(trials, key=lambda t: t.number):
+        ordered = trials if all(a.number < b.number for a, b in zip(trials, trials[1:])) else sorted(trials, key=lambda t: t.number)
+        for t in ordered:
             parent = contract.read_resume_of(t)
             parent_view = None if parent is None else st.trials.get(parent)
             key = _memo_key(t, parent_view, sign)
@@ -69,11 +73,11 @@ class StudyState:
                 if memo is not None and key is not None:
                     memo[key] = hit
             view, report = hit
-            if parent_view is not None:
+            if parent_view is not None and not parent_view.continued:
                 # A failed continuation also ends the chain: resuming again would likely fail again.
-                parent_view.continued = True
-            # A fresh copy per build: ``continued`` depends on the other trials of this build.
-            st.trials[t.number] = copy.copy(view)
+                # Memoised views are shared between builds and never changed: this one is copied.
+                st.trials[parent] = dataclasses.replace(parent_view, continued=True)
+            st.trials[t.number] = view
             reports.append(report)
         st.best_at = chains.best_by_step(reports)
         return st
@@ -162,7 +166,8 @@ def _memo_key(t: FrozenTrial, parent: "TrialView | None", sign: float) -> tuple[
     """
     if not t.state.is_finished():
         return None
-    parent_key = None if parent is None else (parent.number, len(parent.prefix), parent.prefix.tobytes())
+    # A parent's reported steps never change once reported, so its number and length name its curve.
+    parent_key = None if parent is None else (parent.number, len(parent.prefix))
     return ("view", t._trial_id, t.number, t.datetime_start, t.state, len(t.intermediate_values),  # noqa: SLF001
             parent_key, sign)
 
@@ -174,6 +179,7 @@ def _view(
     steps, own_v = _curve(t, memo)
     base = parent_view.prefix if parent_view is not None else np.zeros(0)
     prefix = chains.continue_curve(base, None, steps, own_v)[0]
+    prefix.flags.writeable = False  # shared by every build that memoises this view
     params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
     config_id = t.user_attrs.get(contract.CONFIG_ID)
     if config_id is None and params and space.contains(params):
@@ -189,6 +195,7 @@ def _view(
                 or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT)))) and not chains.diverged(own_v),
         checkpoint=t.user_attrs.get(contract.CHECKPOINT),
         in_space=bool(params) and space.contains(params),
+        best=float(np.max(sign * prefix[np.isfinite(prefix)])) if np.isfinite(prefix).any() else -np.inf,
     )
     return view, (steps, sign * own_v)
 

@@ -95,8 +95,9 @@ def test_memoised_study_state_equals_a_fresh_build(family):
     _same(first, StudyState.build(trials, family.space, 1.0))
     assert first.trials[0].continued and not first.trials[1].continued
     np.testing.assert_allclose(first.trials[4].prefix, [0.0, 0.05, 0.3, 0.4])
-    # A memoised view is never shared with a state: marking one continued leaves the next build alone.
-    first.trials[2].continued = True
+    # Views are shared between builds (memoised), so nobody may change one.
+    with pytest.raises(Exception):
+        first.trials[2].continued = True  # type: ignore[misc]
     _same(StudyState.build(trials, family.space, 1.0, memo), StudyState.build(trials, family.space, 1.0))
     # A running trial is never memoised: its next report shows in the next build.
     running = study.ask()

@@ -107,27 +107,59 @@ class _Block:
     resid: torch.Tensor  # (m,) y - the parent's mean at z
 
 
+class _Columns:
+    """The ``(q, capacity)`` buffer of ``k(z, Z)`` columns that a state and its successors share.
+
+    Append-only: a state reads its first ``n`` columns, which later appends never touch, so an
+    advanced state reuses the buffer (``O(q m)`` instead of copying ``O(q n)``); a second branch
+    from an older state copies.
+    """
+
+    def __init__(self, k: torch.Tensor) -> None:
+        q, n = k.shape
+        self.data = torch.empty((q, n + max(64, n // 2)), dtype=k.dtype)
+        self.data[:, :n] = k
+        self.used = n
+
+    def appended(self, n: int, k2: torch.Tensor) -> "_Columns":
+        m = k2.shape[1]
+        if n == self.used and n + m <= self.data.shape[1]:
+            self.data[:, n:n + m] = k2
+            self.used = n + m
+            return self
+        return _Columns(torch.cat([self.data[:, :n], k2], 1))
+
+
 @dataclass(frozen=True)
 class QueryState:
     """Exact predictions at fixed query points ``z`` under the posterior ``uid``."""
 
     uid: int
     z: torch.Tensor  # (q, e)
-    k: torch.Tensor  # (q, n) k(z, Z)
+    cols: _Columns  # k(z, Z) in its first n columns
+    n: int
     mean: torch.Tensor  # (q,)
     var: torch.Tensor  # (q,) noisy-observation variance, not clamped
+
+    @classmethod
+    def of(cls, uid: int, z: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> "QueryState":
+        return cls(uid, z, _Columns(k), k.shape[1], mean, var)
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.cols.data[:, : self.n]
 
     def __len__(self) -> int:
         return int(self.z.shape[0])
 
     def rows(self, idx: torch.Tensor) -> "QueryState":
-        return QueryState(self.uid, self.z[idx], self.k[idx], self.mean[idx], self.var[idx])
+        return QueryState.of(self.uid, self.z[idx], self.k[idx], self.mean[idx], self.var[idx])
 
     def cat(self, other: "QueryState") -> "QueryState":
         if other.uid != self.uid:
             raise ValueError("Query states of two posteriors cannot be joined.")
-        return QueryState(self.uid, torch.cat([self.z, other.z]), torch.cat([self.k, other.k]),
-                          torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]))
+        return QueryState.of(self.uid, torch.cat([self.z, other.z]), torch.cat([self.k, other.k]),
+                             torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]))
 
 
 class Posterior:
@@ -153,19 +185,25 @@ class Posterior:
         runs on a large meta-training context stays cheap (the context is never copied by callers).
         """
         with torch.no_grad():
+            n, m = self.Z.shape[0], z.shape[0]
             k12 = self.gp.covariance(self.Z, z)
-            k22 = self.gp.covariance(z, z) + (self.gp.noise + _JITTER) * torch.eye(z.shape[0], dtype=z.dtype)
+            k22 = self.gp.covariance(z, z) + (self.gp.noise + _JITTER) * torch.eye(m, dtype=z.dtype)
             a = self.K_inv @ k12
-            S = k22 - k12.T @ a
-            S_inv = torch.cholesky_inverse(torch.linalg.cholesky(S))
-            top_left = self.K_inv + a @ S_inv @ a.T
-            top_right = -a @ S_inv
-            K_inv = torch.cat([torch.cat([top_left, top_right], 1), torch.cat([top_right.T, S_inv], 1)], 0)
+            S_inv = torch.cholesky_inverse(torch.linalg.cholesky(k22 - k12.T @ a))
+            aS = a @ S_inv
+            # One (n + m)^2 write: the old inverse plus a rank-m term, and the new border.
+            K_inv = torch.empty((n + m, n + m), dtype=self.K_inv.dtype)
+            K_inv[:n, :n].copy_(self.K_inv).addmm_(aS, a.T)
+            K_inv[:n, n:] = -aS
+            K_inv[n:, :n] = -aS.T
+            K_inv[n:, n:] = S_inv
             Z = torch.cat([self.Z, z])
             y = y.to(self.y.dtype)
             y_all = torch.cat([self.y, y])
-            alpha = K_inv @ (y_all - self.gp.mean)
-            block = _Block(self.uid, z, a, S_inv, y - (self.gp.mean + k12.T @ self.alpha))
+            resid = y - (self.gp.mean + k12.T @ self.alpha)
+            # alpha = K'^-1 (y' - mean) by the same block formula, O(n m).
+            alpha = torch.cat([self.alpha - aS @ resid, S_inv @ resid])
+            block = _Block(self.uid, z, a, S_inv, resid)
         return Posterior(self.gp, Z, y_all, alpha, K_inv, (self.lineage + (block,))[-_LINEAGE:])
 
     def query(self, z: torch.Tensor) -> QueryState:
@@ -174,7 +212,7 @@ class Posterior:
             k = self.gp.covariance(z, self.Z)
             mean = self.gp.mean + k @ self.alpha
             var = self.gp.outputscale - ((k @ self.K_inv) * k).sum(-1) + self.gp.noise
-        return QueryState(self.uid, z, k, mean, var)
+        return QueryState.of(self.uid, z, k, mean, var)
 
     def advance(self, state: QueryState) -> QueryState | None:
         """``state`` brought up to this posterior, or None when it is not an ancestor's (recompute then)."""
@@ -183,16 +221,16 @@ class Posterior:
         start = next((i for i, b in enumerate(self.lineage) if b.parent == state.uid), None)
         if start is None:
             return None
-        k, mean, var = state.k, state.mean, state.var
+        cols, n, mean, var = state.cols, state.n, state.mean, state.var
         with torch.no_grad():
             for b in self.lineage[start:]:
                 k2 = self.gp.covariance(state.z, b.z)
-                kt = k2 - k @ b.a
+                kt = k2 - cols.data[:, :n] @ b.a
                 B = kt @ b.S_inv
                 mean = mean + B @ b.resid
                 var = var - (B * kt).sum(-1)
-                k = torch.cat([k, k2], 1)
-        return QueryState(self.uid, state.z, k, mean, var)
+                cols, n = cols.appended(n, k2), n + k2.shape[1]
+        return QueryState(self.uid, state.z, cols, n, mean, var)
 
     def predict(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and variance of noisy observations at ``z``."""
