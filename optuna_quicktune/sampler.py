@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,13 +30,14 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
+from optuna_quicktune.claims import set_user_attr, write_claim
 from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
 from optuna_quicktune.errors import MetaFeatureError
-from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.recovery import Recovery, failing_trial
 from optuna_quicktune.study_state import StudyState, conflicting_claim
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
+from optuna_quicktune.views import SurrogateViews
 
 __all__ = ["QuickTuneSampler", "Action"]
 
@@ -160,8 +159,7 @@ class QuickTuneSampler(BaseSampler):
         # and one bounded prediction cache. clear_caches() empties them all.
         self._pools: dict[int, Pool] = {}
         self._orders: dict[Any, tuple[str, ...]] = {}
-        self._refit_cache: dict[tuple[str, int], QuickTuneSurrogate] = {}
-        self._views: OrderedDict[Any, QuickTuneSurrogate] = OrderedDict()
+        self._views = SurrogateViews(surrogate)  # refit copies and conditioned views
         self._predictions = PredictionCache()
         self._memo: dict[Any, Any] = {}  # parsed curves of finished trials (StudyState.build)
         self._warned: set[str] = set()
@@ -178,8 +176,9 @@ class QuickTuneSampler(BaseSampler):
 
     def clear_caches(self) -> None:
         """Forget every cached pool, view and prediction (they are rebuilt on the next call)."""
-        for c in (self._pools, self._orders, self._refit_cache, self._views, self._memo):
+        for c in (self._pools, self._orders, self._memo):
             c.clear()
+        self._views.clear()
         self._predictions.clear()
 
     # ================================================================== Optuna API
@@ -247,7 +246,7 @@ class QuickTuneSampler(BaseSampler):
     ) -> None:
         self.recovery.stop(trial)
         if state == TrialState.PRUNED and trial.user_attrs.get(contract.CHECKPOINT) and not chains.diverged(list(trial.intermediate_values.values())):
-            _set_user_attr(study, trial, contract.PAUSED, True)
+            set_user_attr(study, trial, contract.PAUSED, True)
 
     # ================================================================== public helpers
     def decision(self, study: Study) -> Decision:
@@ -373,83 +372,16 @@ class QuickTuneSampler(BaseSampler):
     def _model(self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float) -> QuickTuneSurrogate:
         base = self.surrogate
         if self.refit:
-            # Fine-tune after refit_every finished trials, then each time their number doubles:
-            # each fine-tuning sees at least twice the data of the previous one, and a long study
-            # pays for O(log n) fine-tunings, not O(n). Conditioning keeps the copy current between.
-            finished = sum(1 for v in state.trials.values() if v.state in (TrialState.COMPLETE, TrialState.PRUNED))
-            version = 0 if finished < self.refit_every else int(math.floor(math.log2(finished / self.refit_every))) + 1
-            if version > 0:
-                key = (study.study_name, version)
-                if key not in self._refit_cache:
-                    from optuna_quicktune.surrogate.training import fine_tune
-
-                    md = _study_metadataset(study, state, self.space, mf, fmax, sign)
-                    tuned = fine_tune(self.surrogate, md, steps=self.refit_steps, seed=self._seed(study) + version)
-                    if self.condition:
-                        # Condition like the zero-shot view (meta context + finished runs, below)
-                        # rather than on fine_tune's sample of the study.
-                        ctx = self.surrogate.performance
-                        assert ctx.context is not None and ctx.context_y is not None
-                        tuned.performance.set_context(ctx.context, ctx.context_y)
-                    self._refit_cache[key] = tuned
-                base = self._refit_cache[key]
-        return self._conditioned(study, state, mf, fmax, sign, base) if self.condition else base
-
-    def _conditioned(
-        self, study: Study, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float,
-        base: QuickTuneSurrogate,
-    ) -> QuickTuneSurrogate:
-        """``base`` conditioned on the last score of every finished trial (the latest two views kept).
-
-        A paused trial that was resumed keeps its point (a real observation at its fidelity) and
-        its continuation adds another, so the set only grows: a new view extends the previous one
-        by the trials that ended since, at ``O(n^2 m)``. Running trials are left out, so the view
-        changes only when a trial ends.
-        """
-        ends = [
-            v for v in state.trials.values()
-            if v.state.is_finished() and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and v.in_space
-        ]
-        if not ends:
-            return base
-        common = (base.view_id, study.study_name, fmax, sign, tuple(sorted((mf or {}).items())))
-        points = frozenset((v.number, len(v.prefix)) for v in ends)
-        key = (common, points)
-        if key not in self._views:
-            # Extend the latest view whose points are a subset of these; else condition the base.
-            have, view = frozenset(), base
-            for (c, p), v in reversed(self._views.items()):
-                if c == common and p <= points:
-                    have, view = p, v
-                    break
-            new = [v for v in ends if (v.number, len(v.prefix)) not in have]
-            lengths = np.array([min(len(v.prefix), fmax) for v in new])
-            y = np.array([v.prefix[b - 1] for v, b in zip(new, lengths)])
-            self._views[key] = view.conditioned_on(
-                self.space.encode_many([v.params for v in new]), lengths, y, fidelity_max=fmax, metafeatures=mf, sign=sign
-            )
-        self._views.move_to_end(key)
-        while len(self._views) > 2:
-            self._views.popitem(last=False)
-        return self._views[key]
+            base = self._views.refit(study.study_name, state, mf, fmax, sign, self.refit_every, self.refit_steps,
+                                     self._seed(study), keep_context=self.condition)
+        return self._views.conditioned(base, study.study_name, state, mf, fmax, sign) if self.condition else base
 
     # ================================================================== storage writes
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:
-        params = dict(action.config)
         prefix = decision.state.trials[action.resume_of].prefix if action.resume_of is not None else np.zeros(0)
-        record = self._record(decision, params, prefix)
+        record = self._record(decision, dict(action.config), prefix)
         record.update(source=action.kind, acquisition=action.score)
-        _set_system_attr(study, trial, _PARAMS_KEY, params)
-        _set_user_attr(study, trial, contract.CONFIG_ID, action.config_id)
-        _set_user_attr(study, trial, contract.PREDICTED, record)
-        if action.resume_of is not None:
-            _set_user_attr(study, trial, contract.RESUME_OF, action.resume_of)
-            _set_user_attr(study, trial, contract.CHECKPOINT, action.checkpoint)
-        elif trial.user_attrs.get(contract.RESUME_OF) is not None:
-            # An earlier claim of this trial (a resumption another worker took) must not stay:
-            # the objective would continue that checkpoint with this configuration.
-            _set_user_attr(study, trial, contract.RESUME_OF, None)
-            _set_user_attr(study, trial, contract.CHECKPOINT, None)
+        write_claim(study, trial, action, record)
 
     def _record(self, decision: Decision, params: dict[str, Any], prefix: np.ndarray) -> dict[str, Any]:
         record: dict[str, Any] = decision.prediction_record(params, prefix)
@@ -467,33 +399,5 @@ class QuickTuneSampler(BaseSampler):
         prefix = decision.state.trials[parent].prefix if parent in decision.state.trials else np.zeros(0)
         record = self._record(decision, dict(params), prefix)
         record.update(source="enqueued")
-        _set_user_attr(study, trial, contract.CONFIG_ID, self.space.config_id(params))
-        _set_user_attr(study, trial, contract.PREDICTED, record)
-
-
-def _set_user_attr(study: Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    # Samplers get a FrozenTrial; like Optuna's own samplers we write through the study's storage,
-    # and keep the frozen copy in step so that the running Trial sees the value too.
-    study._storage.set_trial_user_attr(trial._trial_id, key, value)  # noqa: SLF001
-    trial.user_attrs[key] = value
-
-
-def _set_system_attr(study: Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    study._storage.set_trial_system_attr(trial._trial_id, key, value)  # noqa: SLF001
-    trial.system_attrs[key] = value
-
-
-def _study_metadataset(
-    study: Study, state: StudyState, space: Any, mf: dict[str, float] | None, fmax: int, sign: float
-) -> MetaDataset:
-    task = Task(
-        name=study.study_name, dataset=study.study_name, model="", metric="value",
-        direction="maximize" if sign > 0 else "minimize", fidelity_unit="step", fidelity_max=fmax,
-        metafeatures=dict(mf or {}),
-    )
-    runs = [
-        Run(task=0, config=dict(v.params), curve=v.prefix[:fmax], cost=np.full(min(len(v.prefix), fmax), np.nan))
-        for v in state.trials.values()
-        if not v.continued and len(v.prefix) > 0 and space.contains(v.params)
-    ]
-    return MetaDataset(space, [task], runs)
+        set_user_attr(study, trial, contract.CONFIG_ID, self.space.config_id(params))
+        set_user_attr(study, trial, contract.PREDICTED, record)
