@@ -120,3 +120,44 @@ def test_conflicting_claim_reads_claims_of_other_trials(family, resume_of, confi
     trials = study.get_trials(deepcopy=False)
     cid = None if config_of is None else trials[config_of].user_attrs[contract.CONFIG_ID]
     assert conflicting_claim(trials, 0 if resume_of is None else 99, cid or "", resume_of, family.space) is expected
+
+
+def test_task_effect_is_exact_conditioning_with_a_shared_task_offset():
+    """Study rows and prefix-free queries share an offset b ~ N(0, tau2); context rows do not."""
+    torch.manual_seed(1)
+    gp = ExactGP()
+    n_ctx, tau2 = 30, 0.7
+    Zc, yc = torch.randn(n_ctx, 3, dtype=torch.float64), torch.randn(n_ctx, dtype=torch.float64)
+    zs, ys = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64) - 2.0
+    q = torch.randn(6, 3, dtype=torch.float64)
+    target = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    post = gp.condition(Zc, yc).with_task_effect(tau2)
+    early = post.query(q, target)
+    post = post.extended(zs[:2], ys[:2]).extended(zs[2:], ys[2:])
+    got = post.advance(early)
+    # Reference: one exact GP on all rows with k'(u, v) = k(u, v) + tau2 for target pairs.
+    with torch.no_grad():
+        Z = torch.cat([Zc, zs])
+        t_rows = torch.cat([torch.zeros(n_ctx), torch.ones(4)]).double()
+        K = gp.covariance(Z, Z) + tau2 * torch.outer(t_rows, t_rows) + (gp.noise + 1e-5) * torch.eye(len(Z), dtype=Z.dtype)
+        kq = gp.covariance(q, Z) + tau2 * torch.outer(target, t_rows)
+        y = torch.cat([yc, ys])
+        mean = gp.mean + kq @ torch.linalg.solve(K, y - gp.mean)
+        var = gp.outputscale + tau2 * target - (kq @ torch.linalg.solve(K, kq.T)).diagonal() + gp.noise
+    np.testing.assert_allclose(got.mean.numpy(), mean.numpy(), atol=1e-8)
+    np.testing.assert_allclose(got.var.numpy(), var.numpy(), atol=1e-8)
+    np.testing.assert_allclose(post.query(q, target).mean.numpy(), mean.numpy(), atol=1e-8)
+    # Low study scores pull every prefix-free prediction down, even far from the study's points.
+    plain = gp.condition(Zc, yc).extended(zs, ys).query(q, target)
+    assert float((got.mean - plain.mean)[target == 1].max()) < 0.0
+    with pytest.raises(ValueError):
+        post.with_task_effect(0.1)  # only on the context posterior
+
+
+def test_meta_training_estimates_the_task_effect(train_md):
+    from optuna_quicktune.surrogate import meta_train
+
+    with_effect = meta_train(train_md, steps=60, seed=0)
+    without = meta_train(train_md, steps=60, seed=0, task_effect=False)
+    assert with_effect.performance.task_effect > 0.0 and without.performance.task_effect == 0.0
+    assert with_effect.info["validation"]["task_effect"] == with_effect.performance.task_effect

@@ -17,6 +17,14 @@ complement ``S``, ``a = K^-1 k(Z, z2)``, residual ``r = y2 - mean(z2)``), the st
 ``O(q n m)`` instead of ``O(q n^2)``:
     k~ = k(z, z2) - k(z, Z) a,   mean += k~ S^-1 r,   var -= rowsum((k~ S^-1) * k~).
 
+Task effect: the points of the *target* task (the study's observations, and the queries that
+have no observed curve yet) share an offset ``b ~ N(0, tau2)`` that the meta-training tasks do not
+(each had its own, now integrated out). In kernel terms ``k'(u, v) = k(u, v) + tau2`` when both
+``u`` and ``v`` are such target points. Conditioning on the study's runs then moves every
+prediction for the task by the posterior of ``b``: a task on which the meta-learned level is off
+by a constant is corrected after a few runs, however far apart the configurations are.
+The context rows are ``Z[:n_ctx]``; every row added by :meth:`Posterior.extended` is a target row.
+
 The kernel is ``outputscale * r(||z - z'|| / lengthscale)`` with ``r`` the RBF or the Matérn 5/2
 correlation. Hyper-parameters are stored as unconstrained raw values and mapped through softplus
 so that gradient steps can never make them non-positive.
@@ -136,14 +144,16 @@ class QueryState:
 
     uid: int
     z: torch.Tensor  # (q, e)
-    cols: _Columns  # k(z, Z) in its first n columns
+    cols: _Columns  # k'(z, Z) in its first n columns
     n: int
     mean: torch.Tensor  # (q,)
     var: torch.Tensor  # (q,) noisy-observation variance, not clamped
+    target: torch.Tensor  # (q,) 1.0 for target-task queries (they share the task effect), else 0.0
 
     @classmethod
-    def of(cls, uid: int, z: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> "QueryState":
-        return cls(uid, z, _Columns(k), k.shape[1], mean, var)
+    def of(cls, uid: int, z: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+           target: torch.Tensor) -> "QueryState":
+        return cls(uid, z, _Columns(k), k.shape[1], mean, var, target)
 
     @property
     def k(self) -> torch.Tensor:
@@ -153,13 +163,14 @@ class QueryState:
         return int(self.z.shape[0])
 
     def rows(self, idx: torch.Tensor) -> "QueryState":
-        return QueryState.of(self.uid, self.z[idx], self.k[idx], self.mean[idx], self.var[idx])
+        return QueryState.of(self.uid, self.z[idx], self.k[idx], self.mean[idx], self.var[idx], self.target[idx])
 
     def cat(self, other: "QueryState") -> "QueryState":
         if other.uid != self.uid:
             raise ValueError("Query states of two posteriors cannot be joined.")
         return QueryState.of(self.uid, torch.cat([self.z, other.z]), torch.cat([self.k, other.k]),
-                             torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]))
+                             torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]),
+                             torch.cat([self.target, other.target]))
 
 
 class Posterior:
@@ -171,11 +182,19 @@ class Posterior:
 
     def __init__(
         self, gp: ExactGP, Z: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, K_inv: torch.Tensor,
-        lineage: tuple[_Block, ...] = (),
+        lineage: tuple[_Block, ...] = (), n_ctx: int | None = None, tau2: float = 0.0,
     ) -> None:
         self.gp, self.Z, self.y, self.alpha, self.K_inv = gp, Z, y, alpha, K_inv
         self.lineage = lineage
+        self.n_ctx = Z.shape[0] if n_ctx is None else int(n_ctx)
+        self.tau2 = float(tau2)
         self.uid = next(_UIDS)
+
+    def with_task_effect(self, tau2: float) -> "Posterior":
+        """This context posterior with target-task effect variance ``tau2`` (before any study row)."""
+        if self.Z.shape[0] != self.n_ctx:
+            raise ValueError("The task effect is set on the context posterior, before study rows are added.")
+        return Posterior(self.gp, self.Z, self.y, self.alpha, self.K_inv, (), self.n_ctx, tau2)
 
     def extended(self, z: torch.Tensor, y: torch.Tensor) -> "Posterior":
         """The posterior after also observing ``y`` at ``z``, without refactorising the context.
@@ -187,7 +206,8 @@ class Posterior:
         with torch.no_grad():
             n, m = self.Z.shape[0], z.shape[0]
             k12 = self.gp.covariance(self.Z, z)
-            k22 = self.gp.covariance(z, z) + (self.gp.noise + _JITTER) * torch.eye(m, dtype=z.dtype)
+            k12[self.n_ctx:] += self.tau2  # earlier study rows share the task effect with these
+            k22 = self.gp.covariance(z, z) + self.tau2 + (self.gp.noise + _JITTER) * torch.eye(m, dtype=z.dtype)
             a = self.K_inv @ k12
             S_inv = torch.cholesky_inverse(torch.linalg.cholesky(k22 - k12.T @ a))
             aS = a @ S_inv
@@ -204,15 +224,20 @@ class Posterior:
             # alpha = K'^-1 (y' - mean) by the same block formula, O(n m).
             alpha = torch.cat([self.alpha - aS @ resid, S_inv @ resid])
             block = _Block(self.uid, z, a, S_inv, resid)
-        return Posterior(self.gp, Z, y_all, alpha, K_inv, (self.lineage + (block,))[-_LINEAGE:])
+        return Posterior(self.gp, Z, y_all, alpha, K_inv, (self.lineage + (block,))[-_LINEAGE:], self.n_ctx, self.tau2)
 
-    def query(self, z: torch.Tensor) -> QueryState:
-        """Predictions at ``z`` from scratch, ``O(q n^2)``."""
+    def query(self, z: torch.Tensor, target: torch.Tensor | None = None) -> QueryState:
+        """Predictions at ``z`` from scratch, ``O(q n^2)``.
+
+        ``target``: 1.0 for rows of the target task that share its effect (default: every row).
+        """
+        t = torch.ones(z.shape[0], dtype=z.dtype) if target is None else target.to(z.dtype)
         with torch.no_grad():
             k = self.gp.covariance(z, self.Z)
+            k[:, self.n_ctx:] += self.tau2 * t[:, None]
             mean = self.gp.mean + k @ self.alpha
-            var = self.gp.outputscale - ((k @ self.K_inv) * k).sum(-1) + self.gp.noise
-        return QueryState.of(self.uid, z, k, mean, var)
+            var = self.gp.outputscale + self.tau2 * t - ((k @ self.K_inv) * k).sum(-1) + self.gp.noise
+        return QueryState.of(self.uid, z, k, mean, var, t)
 
     def advance(self, state: QueryState) -> QueryState | None:
         """``state`` brought up to this posterior, or None when it is not an ancestor's (recompute then)."""
@@ -224,15 +249,15 @@ class Posterior:
         cols, n, mean, var = state.cols, state.n, state.mean, state.var
         with torch.no_grad():
             for b in self.lineage[start:]:
-                k2 = self.gp.covariance(state.z, b.z)
+                k2 = self.gp.covariance(state.z, b.z) + self.tau2 * state.target[:, None]
                 kt = k2 - cols.data[:, :n] @ b.a
                 B = kt @ b.S_inv
                 mean = mean + B @ b.resid
                 var = var - (B * kt).sum(-1)
                 cols, n = cols.appended(n, k2), n + k2.shape[1]
-        return QueryState(self.uid, state.z, cols, n, mean, var)
+        return QueryState(self.uid, state.z, cols, n, mean, var, state.target)
 
-    def predict(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, z: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and variance of noisy observations at ``z``."""
-        q = self.query(z)
+        q = self.query(z, target)
         return q.mean, q.var.clamp_min(1e-9)

@@ -70,7 +70,11 @@ class PerformanceSurrogate:
         self.gp = ExactGP(kernel)
         self.context: Batch | None = None
         self.context_y: torch.Tensor | None = None
+        self.n_context = 0
         self.std_scale = 1.0
+        # tau2: variance of the offset that a new task's level has from the meta-learned one
+        # (GP units; estimated on validation tasks by meta_train; see gp.py, "Task effect").
+        self.task_effect = 0.0
         self._posterior: Posterior | None = None
         # Predictions that follow conditioned views; shared by them (copy.copy), not by deep copies.
         self.queries = QueryCache()
@@ -88,6 +92,7 @@ class PerformanceSurrogate:
     def set_context(self, b: Batch, y: np.ndarray | torch.Tensor) -> None:
         self.context = b
         self.context_y = torch.as_tensor(y, dtype=torch.float64)
+        self.n_context = len(b)  # rows after these (a view's study rows) are the target task's
         self._posterior = None
         self.queries.clear()
 
@@ -95,8 +100,14 @@ class PerformanceSurrogate:
         if self.context is None or self.context_y is None:
             raise RuntimeError("The surrogate has no conditioning context; meta-train or load one.")
         if self._posterior is None:
+            n = self.n_context
             with torch.no_grad():
-                self._posterior = self.gp.condition(self.embed(self.context), self.context_y)
+                post = self.gp.condition(self.embed(self.context.select(slice(0, n))), self.context_y[:n])
+                if self.task_effect > 0:
+                    post = post.with_task_effect(self.task_effect)
+                if len(self.context) > n:  # a view's study rows, rebuilt after invalidate()
+                    post = post.extended(self.embed(self.context.select(slice(n, None))), self.context_y[n:])
+            self._posterior = post
         return self._posterior
 
     def predict_z(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,7 @@ def save(s: QuickTuneSurrogate, directory: str | Path) -> Path:
         "torch_version": torch.__version__,
         "space": s.space.to_json(),
         "preprocessing": s.prep.to_json(),
-        "performance": {"hparams": perf.hparams, "std_scale": perf.std_scale},
+        "performance": {"hparams": perf.hparams, "std_scale": perf.std_scale, "task_effect": perf.task_effect},
         "cost": {"hparams": s.cost.hparams, "trained": s.cost.trained},
         "info": s.info,
     }
@@ -102,6 +102,8 @@ def load(directory: str | Path) -> QuickTuneSurrogate:
         prep = Preprocessing.from_json(config["preprocessing"])
         perf = PerformanceSurrogate(**config["performance"]["hparams"])
         perf.std_scale = float(config["performance"]["std_scale"])
+        # Surrogates saved before the task effect existed have none (0): they predict as they did.
+        perf.task_effect = float(config["performance"].get("task_effect", 0.0))
         cost = CostSurrogate(**config["cost"]["hparams"])
         cost.trained = bool(config["cost"]["trained"])
     except (KeyError, TypeError, ValueError) as e:

@@ -249,6 +249,9 @@ class Batch:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def select(self, idx: torch.Tensor | slice) -> "Batch":
+        return Batch(self.x[idx], self.curve[idx], self.budget[idx], self.mf[idx])
+
     def cat(self, other: "Batch") -> "Batch":
         return Batch(
             torch.cat([self.x, other.x]),

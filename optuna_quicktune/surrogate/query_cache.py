@@ -27,7 +27,7 @@ import torch
 from optuna_quicktune.surrogate.gp import Posterior, QueryState
 from optuna_quicktune.surrogate.preprocessing import Batch
 
-__all__ = ["QueryCache"]
+__all__ = ["QueryCache", "task_rows"]
 
 
 class QueryCache:
@@ -79,7 +79,8 @@ class QueryCache:
             if state is None:
                 state = next((a for a in map(post.advance, reversed(states.values())) if a is not None), None)
             if state is None:
-                state = post.query(embed(make_batch()))
+                b = make_batch()
+                state = post.query(embed(b), task_rows(b))
             states[post.uid] = state
             states.move_to_end(post.uid)
             while len(states) > self.max_states:
@@ -100,7 +101,8 @@ class QueryCache:
                     missing[k] = i
             if missing:
                 rows = torch.as_tensor(list(missing.values()), dtype=torch.long)
-                fresh = post.query(embed(_select(b, rows)))
+                sub = b.select(rows)
+                fresh = post.query(embed(sub), task_rows(sub))
                 base = 0 if state is None else len(state)
                 state = fresh if state is None else state.cat(fresh)
                 index = dict(index)
@@ -121,10 +123,16 @@ class QueryCache:
         return mean, var.clamp_min(1e-9)
 
 
+def task_rows(b: Batch) -> torch.Tensor:
+    """1.0 for rows without an observed curve prefix: they share the target task's effect.
+
+    A row with a prefix has already seen this task's level in its own curve, so the task effect
+    (learned from prefix-free points) is not added to it a second time.
+    """
+    return (b.curve[:, -1] == 0).to(torch.float64)
+
+
 def _row_keys(b: Batch) -> list[bytes]:
     rows = np.ascontiguousarray(torch.cat([b.x, b.curve, b.budget, b.mf], 1).numpy())
     return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel().tolist()
 
-
-def _select(b: Batch, idx: torch.Tensor) -> Batch:
-    return Batch(b.x[idx], b.curve[idx], b.budget[idx], b.mf[idx])

@@ -137,6 +137,7 @@ def meta_train(
     seed: int = 0,
     time_limit: float | None = None,
     progress: bool | Callable[[int, dict[str, float]], None] = False,
+    task_effect: bool = True,
 ) -> QuickTuneSurrogate:
     """Meta-train the performance and cost surrogates on every task of ``metadataset``.
 
@@ -147,6 +148,9 @@ def meta_train(
         val_tasks: Task indices to validate on; by default ``val_fraction`` of the tasks, seeded.
         patience: Evaluations without improvement before stopping.
         progress: ``True`` for a progress bar, or a callback ``(step, metrics)``.
+        task_effect: Estimate the variance of a new task's offset from the meta-learned level on
+            the validation tasks (see :mod:`.gp`, "Task effect"), so that a study's own runs move
+            every prediction for its task; ``False`` for none.
     """
     if len(metadataset.runs) == 0:
         raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
@@ -236,6 +240,8 @@ def meta_train(
     if split.val:
         ctx_b, ctx_y = data.sample(split.train, context_size, np.random.default_rng(seed + 2))
         perf.set_context(ctx_b, ctx_y)
+        perf.task_effect = _task_effect(perf, data, split.val) if task_effect else 0.0
+        perf.invalidate()
         perf.std_scale = _calibrate(perf, data, split.val, seed)
         info["validation"] = _validation_report(perf, data, split.val)
     ctx_b, ctx_y = data.sample(data.tasks, context_size, np.random.default_rng(seed + 3))
@@ -313,6 +319,30 @@ def _val_nll(perf: PerformanceSurrogate, val_sets: list[Any]) -> float:
     return total / len(val_sets)
 
 
+def _task_effect(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int]) -> float:
+    """Variance of a held-out task's offset from the zero-shot predictions (method of moments).
+
+    Each validation task's final scores are predicted zero-shot from the training tasks' context;
+    the spread of the per-task mean residuals, less what their within-task noise explains, is the
+    variance of the offset a new task's level has. 0 with fewer than two validation tasks.
+    """
+    perf.task_effect = 0.0
+    perf.invalidate()
+    means, noise = [], []
+    for t in val:
+        qb, qy = data.all_finals(t)
+        if len(qy) < 2:
+            continue
+        with torch.no_grad():
+            m, _ = perf.posterior().predict(perf.embed(qb))
+        r = np.asarray(qy, dtype=np.float64) - m.numpy()
+        means.append(float(r.mean()))
+        noise.append(float(r.var(ddof=1)) / len(r))
+    if len(means) < 2:
+        return 0.0
+    return float(max(0.0, np.var(means, ddof=1) - np.mean(noise)))
+
+
 def _calibrate(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int], seed: int) -> float:
     rng = np.random.default_rng(seed + 4)
     zs = []
@@ -340,6 +370,7 @@ def _validation_report(perf: PerformanceSurrogate, data: TrainingTuples, val: li
         "spearman_final_zero_shot": float(np.nanmean(rhos)) if rhos else float("nan"),
         "coverage90_final": covered / max(n, 1),
         "std_scale": perf.std_scale,
+        "task_effect": perf.task_effect,
     }
 
 
