@@ -157,7 +157,7 @@ def test_task_effect_is_exact_conditioning_with_a_shared_task_offset():
 def test_meta_training_estimates_the_task_effect(train_md):
     from optuna_quicktune.surrogate import meta_train
 
-    with_effect = meta_train(train_md, steps=60, seed=0)
-    without = meta_train(train_md, steps=60, seed=0, task_effect=False)
+    with_effect = meta_train(train_md, steps=60, seed=0, task_effect=True)
+    without = meta_train(train_md, steps=60, seed=0)  # off by default
     assert with_effect.performance.task_effect > 0.0 and without.performance.task_effect == 0.0
     assert with_effect.info["validation"]["task_effect"] == with_effect.performance.task_effect

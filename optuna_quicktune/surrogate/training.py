@@ -137,7 +137,7 @@ def meta_train(
     seed: int = 0,
     time_limit: float | None = None,
     progress: bool | Callable[[int, dict[str, float]], None] = False,
-    task_effect: bool = True,
+    task_effect: bool = False,
 ) -> QuickTuneSurrogate:
     """Meta-train the performance and cost surrogates on every task of ``metadataset``.
 
@@ -150,7 +150,9 @@ def meta_train(
         progress: ``True`` for a progress bar, or a callback ``(step, metrics)``.
         task_effect: Estimate the variance of a new task's offset from the meta-learned level on
             the validation tasks (see :mod:`.gp`, "Task effect"), so that a study's own runs move
-            every prediction for its task; ``False`` for none.
+            every prediction for its task. Off by default: on LCBench (24 folds x 5 seeds) it
+            helped on 6 tasks, hurt on 4 and was 0.076 against 0.074 final regret overall
+            (docs/benchmarks.md, stop 12).
     """
     if len(metadataset.runs) == 0:
         raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
