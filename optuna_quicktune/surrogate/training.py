@@ -151,7 +151,7 @@ def meta_train(
         task_effect: Estimate the variance of a new task's offset from the meta-learned level on
             the validation tasks (see :mod:`.gp`, "Task effect"), so that a study's own runs move
             every prediction for its task. Off by default: on LCBench (24 folds x 5 seeds) it
-            helped on 6 tasks, hurt on 4 and was 0.076 against 0.074 final regret overall
+            helped on 6 tasks, hurt on 11 and was 0.076 against 0.074 final regret overall
             (docs/benchmarks.md, stop 12).
     """
     if len(metadataset.runs) == 0:
