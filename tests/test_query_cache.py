@@ -161,3 +161,24 @@ def test_meta_training_estimates_the_task_effect(train_md):
     without = meta_train(train_md, steps=60, seed=0)  # off by default
     assert with_effect.performance.task_effect > 0.0 and without.performance.task_effect == 0.0
     assert with_effect.info["validation"]["task_effect"] == with_effect.performance.task_effect
+
+
+def test_query_cache_is_bounded_and_still_exact(family, surrogate):
+    from optuna_quicktune.surrogate.query_cache import QueryCache
+
+    task = family.tasks[-1]
+    kw = dict(fidelity_max=surrogate.max_fidelity, metafeatures=task.metafeatures)
+    space = surrogate.space
+    perf = surrogate.performance
+    small = QueryCache(max_rows=10, max_states=2)
+    post = perf.posterior()
+    for seed in range(4):  # four requests of 8 new rows each: the cache must drop old rows
+        X = space.encode_many(space.sample(8, 200 + seed))
+        b = surrogate.batch(X, None, surrogate.max_fidelity, **kw)
+        mean, var = small.predict(post, b, perf.embed)
+        want_mean, want_var = post.predict(perf.embed(b))
+        np.testing.assert_allclose(mean.numpy(), want_mean.numpy(), atol=1e-10)
+        np.testing.assert_allclose(var.numpy(), want_var.numpy(), atol=1e-10)
+        assert len(small) <= 10 + 8
+    small.clear()
+    assert len(small) == 0
