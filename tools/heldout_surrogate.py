@@ -49,8 +49,8 @@ def _regret(y: np.ndarray, i: int, sign: float) -> float:
     return float(abs(y[i] - best) / abs(worst - best)) if worst != best else 0.0
 
 
-def _first_member(md: Any, tasks: list[int]) -> str | None:
-    """The configuration (by JSON) with the best mean normalised rank over ``tasks`` (run on all of them)."""
+def mean_ranks(md: Any, tasks: list[int]) -> dict[str, float]:
+    """Mean normalised rank (0 best) over ``tasks`` of each configuration (by JSON) run on all of them."""
     ranks: dict[str, list[float]] = defaultdict(list)
     per_task = []
     for t in tasks:
@@ -62,7 +62,7 @@ def _first_member(md: Any, tasks: list[int]) -> str | None:
         order = sorted(common, key=lambda k: (-d[k], k))
         for i, k in enumerate(order):
             ranks[k].append(i / max(len(order) - 1, 1))
-    return min(ranks, key=lambda k: (statistics.fmean(ranks[k]), k)) if ranks else None
+    return {k: statistics.fmean(v) for k, v in ranks.items()}
 
 
 def score(surrogate: Any, md: Any, task: int) -> dict[str, Any]:
@@ -81,6 +81,8 @@ def score(surrogate: Any, md: Any, task: int) -> dict[str, Any]:
 
 def heldout(md: Any, *, steps: int, seed: int, time_limit: float | None, compare: Any = None) -> dict[str, Any]:
     """Leave-one-task-out per model family (module doc); ``compare``: a surrogate scored as it is."""
+    from scipy.stats import spearmanr
+
     from optuna_quicktune.surrogate import meta_train
 
     families: dict[str, list[int]] = defaultdict(list)
@@ -95,9 +97,15 @@ def heldout(md: Any, *, steps: int, seed: int, time_limit: float | None, compare
             sur = meta_train(md.select_tasks(others), steps=steps, seed=seed, time_limit=time_limit)
             row = {"train_seconds": round(time.perf_counter() - t0, 1), **score(sur, md, i)}
             configs, y = finals_of(md, i)
-            first = _first_member(md, others)
+            ranks = mean_ranks(md, others)
             keys = [json.dumps(c, sort_keys=True) for c in configs]
+            first = min(ranks, key=lambda k: (ranks[k], k)) if ranks else None
             row["portfolio_regret"] = _regret(y, keys.index(first), md.tasks[i].sign) if first in keys else None
+            # no model: rank the task's configurations by their mean rank on the other tasks
+            known = [k in ranks for k in keys]
+            if sum(known) > 2:
+                prior = -md.tasks[i].sign * np.array([ranks[k] for k, ok in zip(keys, known) if ok])  # in y's direction
+                row["mean_rank_spearman"] = float(spearmanr(prior, y[np.array(known)]).statistic)
             if compare is not None:
                 row["compare"] = score(compare, md, i)
             rows[md.tasks[i].dataset] = row
@@ -117,6 +125,9 @@ def summary(rows: Any) -> dict[str, float]:
     port = [r["portfolio_regret"] for r in rows if r.get("portfolio_regret") is not None]
     if port:
         res["portfolio_regret_mean"] = float(np.mean(port))
+    prior = [r["mean_rank_spearman"] for r in rows if np.isfinite(r.get("mean_rank_spearman", np.nan))]
+    if prior:
+        res["mean_rank_spearman_mean"] = float(np.mean(prior))
     return res
 
 
@@ -142,15 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     for model, r in report.items():
         print(f"\n{model}: held-out Spearman {r['spearman_mean']:.3f}, 90 % coverage {r['coverage90']:.3f}, "
               f"top-1 regret {r['top_regret_mean']:.3f} (portfolio's first member "
-              f"{r.get('portfolio_regret_mean', float('nan')):.3f})")
-        print("| task | runs | Spearman | covered | top-1 regret | portfolio regret |"
+              f"{r.get('portfolio_regret_mean', float('nan')):.3f}); no model (mean rank on the other tasks): "
+              f"Spearman {r.get('mean_rank_spearman_mean', float('nan')):.3f}")
+        print("| task | runs | Spearman | no-model Spearman | covered | top-1 regret | portfolio regret |"
               + (" compare Spearman | compare covered | compare top-1 regret |" if compare else ""))
-        print("|---|---|---|---|---|---|" + ("---|---|---|" if compare else ""))
+        print("|---|---|---|---|---|---|---|" + ("---|---|---|" if compare else ""))
         for name, row in r["tasks"].items():
             c = row.get("compare")
             extra = f" {c['spearman']:.3f} | {c['covered']}/{c['runs']} | {c['top_regret']:.3f} |" if c else ""
             pr = row["portfolio_regret"]
-            print(f"| {name} | {row['runs']} | {row['spearman']:.3f} | {row['covered']}/{row['runs']} | "
+            print(f"| {name} | {row['runs']} | {row['spearman']:.3f} | {row.get('mean_rank_spearman', float('nan')):.3f} | "
+                  f"{row['covered']}/{row['runs']} | "
                   f"{row['top_regret']:.3f} | {'-' if pr is None else f'{pr:.3f}'} |{extra}")
         if compare:
             cs = r["compare"]
