@@ -64,7 +64,10 @@ def package_files(dist: str, module: str) -> list[tuple[Path, str]]:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{module} is not installed here (pip install {dist}).")
     folder = Path(next(iter(spec.submodule_search_locations)))
-    info = Path(str(importlib.metadata.distribution(dist)._path))  # type: ignore[attr-defined]
+    version = importlib.metadata.version(dist)
+    info = folder.parent / f"{module}-{version}.dist-info"
+    if not info.is_dir():
+        raise SystemExit(f"{info} not found: {dist} is not installed as a plain site-packages folder.")
     return [(folder, f"site/{folder.name}"), (info, f"site/{info.name}")]
 
 
