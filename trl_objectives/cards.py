@@ -137,12 +137,14 @@ def _f(v: Any) -> str:
 
 
 def write_data_card(
-    storage: str, path: str | os.PathLike[str], *, how: str = "", wall_note: str = "", limits: str = ""
+    storage: str, path: str | os.PathLike[str], *, how: str = "", wall_note: str = "", limits: str = "",
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Write the data card (``README.md``) of a collection storage: what, how, how long, licences.
 
     ``how`` says where and how the processes ran (hardware, parallelism), ``wall_note`` the wall time
-    and ``limits`` what the data cannot be used for; the rest is read from the storage.
+    and ``limits`` what the data cannot be used for; ``name`` titles the card (default: the SQLite
+    file's name); the rest is read from the storage.
     """
     from pathlib import Path
 
@@ -156,7 +158,13 @@ def write_data_card(
         f"{v['pruned']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
         for v in tasks
     )
-    text = f"""# Data card: `smollm2-135m-factqa.db`
+    name = name or Path(storage.rsplit("/", 1)[-1]).name
+    natural = [v["dataset"] for v in tasks if str(v["dataset"]).startswith("fanoutqa-")]
+    fanout = (f" The natural tasks ({', '.join(natural)}) hold questions of FanOutQA (Zhu et al., ACL 2024), "
+              "CC BY-SA 4.0, read from the `fanoutqa` package at run time; the storage holds no question, only "
+              "configurations and scores. A natural task's fact count is its question count / 12 (80/10/10 split)."
+              if natural else "")
+    text = f"""# Data card: `{name}`
 
 **What.** An Optuna SQLite storage following the quicktune storage contract (`docs/architecture.md`):
 one study per fact-QA task (`<task>/<model>`), one trial per LoRA SFT run of SmolLM2-135M-Instruct
@@ -184,7 +192,7 @@ trial time. {wall_note}
 
 **Licences.** The facts are factual reference data: Python standard library tables (PSF-2.0), the Unicode
 Character Database and CLDR (Unicode License v3, via `unicodedata` and `babel`, BSD-3-Clause), glibc's
-error messages (LGPL-2.1), the IANA time zone database (public domain). The runs themselves (configurations, curves, scores) are this project's, under its licence.
+error messages (LGPL-2.1), the IANA time zone database (public domain).{fanout} The runs themselves (configurations, curves, scores) are this project's, under its licence.
 SmolLM2-135M-Instruct is Apache-2.0.
 
 **Limits.** {limits or "Small tasks and few configurations per task."} Extend it with the same command (it
