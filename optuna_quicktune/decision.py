@@ -169,9 +169,14 @@ class Decision:
         return view.in_space
 
     # ------------------------------------------------------------------ actions
-    def actions(self, *, exclude: int | None = None, limit: int | None = None) -> list[Action]:
-        """Every possible next action, best first (what the next trial would do)."""
-        used = self.state.used_config_ids()
+    def actions(self, *, exclude: int | None = None, limit: int | None = None, claimant: int | None = None) -> list[Action]:
+        """Every possible next action, best first (what the next trial would do).
+
+        ``exclude``: a trial whose resumption is not an alternative (the pruner's running trial).
+        ``claimant``: the trial choosing; its own earlier claim (written before it yielded to
+        another worker) does not count as taken.
+        """
+        used = self.state.used_config_ids(exclude=claimant)
         pool = self.pool
         mean, std, cost = self.new_predictions()
         local = self.local_pool(used)
@@ -187,7 +192,7 @@ class Decision:
         if free.any():
             inc = self.state.incumbent(1 if self.settings.horizon == "next" else self.fidelity_max)
             scores = np.where(free, cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), -np.inf)
-            member = self.next_portfolio_member(used)
+            member = self.next_portfolio_member(used, claimant)
             k = len(ids) if limit is None else min(limit, int(free.sum()))
             order = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
             if member is not None and member in ids:
@@ -208,11 +213,12 @@ class Decision:
             return None
         return self.continuations([view], kind="continue")[0]
 
-    def next_portfolio_member(self, used: set[str]) -> str | None:
+    def next_portfolio_member(self, used: set[str], claimant: int | None = None) -> str | None:
         """The next unused portfolio member while the study has started fewer than ``portfolio_first``."""
         if not self.portfolio_order:
             return None
-        started = sum(1 for v in self.state.trials.values() if v.resume_of is None and v.config_id is not None)
+        started = sum(1 for v in self.state.trials.values()
+                      if v.resume_of is None and v.config_id is not None and v.number != claimant)
         if started >= self.settings.portfolio_first:
             return None
         return next((cid for cid in self.portfolio_order if cid not in used), None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -229,9 +230,13 @@ class QuickTuneSampler(BaseSampler):
         if trial.system_attrs.get("fixed_params") is not None:
             self._annotate_enqueued(study, trial)
             return
-        for _ in range(8):
+        # Workers that decide at the same moment pick the same actions in the same order and would
+        # yield to each other in lockstep; a short wait after each conflict, different per trial
+        # (seeded by the study and the trial number), lets one of them go first.
+        rng = np.random.default_rng([self._seed(study), trial.number])
+        for attempt in range(8):
             decision = self.decision(study)
-            actions = decision.actions(limit=8)
+            actions = decision.actions(limit=8, claimant=trial.number)
             if not actions:
                 return  # nothing left in the pool: every parameter falls back to random sampling
             for action in actions:
@@ -239,6 +244,8 @@ class QuickTuneSampler(BaseSampler):
                 fresh = study.get_trials(deepcopy=False)
                 if not conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, self.space):
                     return
+                time.sleep(float(rng.uniform(0.0, 0.01)) * (attempt + 1))
+                break  # decide again: the other worker's claim is now part of the state
         _logger.warning("Trial %d: every top action was taken by other workers; using the last one.", trial.number)
 
     def after_trial(
