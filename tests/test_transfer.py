@@ -185,3 +185,16 @@ def test_rush_hurdles_stop_later_runs_below_the_warm_start():
     bad.report(0.4, 1)
     assert not good.should_prune()  # clears the hurdle (0.5 at rung 1)
     assert bad.should_prune()
+
+
+def test_a_trial_choosing_again_does_not_count_its_own_earlier_claim(family, surrogate):
+    task = family.tasks[-1]
+    sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=3, n_candidates=50)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    first = sampler.decision(study).portfolio_order[0]
+    trial = study.ask()  # claims the portfolio's first member
+    assert trial.user_attrs["quicktune.config_id"] == first
+    d = sampler.decision(study)
+    # Another trial sees the member as taken; the claimant itself may choose it again.
+    assert d.actions(limit=1)[0].config_id != first
+    assert d.actions(limit=1, claimant=trial.number)[0].config_id == first
