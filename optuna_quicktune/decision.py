@@ -165,9 +165,6 @@ class Decision:
     def space(self) -> SearchSpace:
         return self.surrogate.space
 
-    def in_space(self, view: TrialView) -> bool:
-        return view.in_space
-
     # ------------------------------------------------------------------ actions
     def actions(self, *, exclude: int | None = None, limit: int | None = None, claimant: int | None = None) -> list[Action]:
         """Every possible next action, best first (what the next trial would do).
@@ -201,7 +198,7 @@ class Decision:
             out += [Action("new", configs[i], ids[i], float(scores[i]), 1, priority=int(ids[i] == member))
                     for i in order if np.isfinite(scores[i])]
         paused = [v for v in self.state.resumable() if v.number != exclude and len(v.prefix) < self.fidelity_max
-                  and self.in_space(v)]
+                  and v.in_space]
         out += self.continuations(paused, kind="resume", limit=limit)
         out.sort(key=lambda a: (-a.priority, -a.score))
         return out if limit is None else out[:limit]
@@ -209,7 +206,7 @@ class Decision:
     def continuation(self, number: int) -> Action | None:
         """Continuing trial ``number`` by one more action, scored like any alternative (None: not scorable)."""
         view = self.state.trials.get(number)
-        if view is None or not len(view.prefix) or len(view.prefix) >= self.fidelity_max or not self.in_space(view):
+        if view is None or not len(view.prefix) or len(view.prefix) >= self.fidelity_max or not view.in_space:
             return None
         return self.continuations([view], kind="continue")[0]
 
@@ -247,7 +244,7 @@ class Decision:
         """Sign-adjusted mean, std and cost of every pool configuration started from scratch."""
         key = (self.surrogate.view_id, "new", self.seed, self._mf_key(), self.fidelity_max, self.sign, self.settings.horizon)
         return self.cache.get(key, lambda: self.predict_horizon(
-            self.pool.X, [np.zeros(0)] * len(self.pool), pooled=True, query="pool", pool=self.pool))
+            self.pool.X, [np.zeros(0)] * len(self.pool), pool=self.pool))
 
     def final_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """Predicted final score (metric units) of every pool configuration, mean and std."""
@@ -296,22 +293,21 @@ class Decision:
         return np.array([min(len(p) + 1, self.fidelity_max) for p in prefixes])
 
     def predict_horizon(
-        self, X: np.ndarray, prefixes: Sequence[np.ndarray], pooled: bool = False, steps: np.ndarray | None = None,
-        query: str | None = None, pool: Pool | None = None,
+        self, X: np.ndarray, prefixes: Sequence[np.ndarray], steps: np.ndarray | None = None, pool: Pool | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sign-adjusted mean and std at each action's target fidelity, and the cost to get there.
 
-        ``query``/``pool``: ``X`` is that pool's rows started from scratch, so the surrogate may
-        bring its earlier predictions of them up to date instead of recomputing them.
+        ``pool``: ``X`` is that pool's rows started from scratch, so the surrogate may bring its
+        earlier predictions of them up to date instead of recomputing them.
         """
         s, fmax = self.surrogate, self.fidelity_max
         target = self.targets(prefixes)
-        key = None if pool is None else (query, pool.key, self._mf_key(), fmax, self.sign, self.settings.horizon)
+        key = None if pool is None else ("pool", pool.key, self._mf_key(), fmax, self.sign, self.settings.horizon)
         mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign,
                               query_key=key)
         start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
         if steps is None:
-            steps = self.pool_step_costs() if pooled else self.config_step_costs(X)
+            steps = self.pool_step_costs() if pool is self.pool else self.config_step_costs(X)
         cum = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(steps, axis=1)], axis=1)
         rows = np.arange(X.shape[0])
         hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)

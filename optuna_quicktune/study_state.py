@@ -69,7 +69,7 @@ class StudyState:
             key = _memo_key(t, parent_view, sign)
             hit = None if memo is None or key is None else memo.get(key)
             if hit is None:
-                hit = _view(t, parent, parent_view, space, sign, memo)
+                hit = _view(t, parent, parent_view, space, sign)
                 if memo is not None and key is not None:
                     memo[key] = hit
             view, report = hit
@@ -174,9 +174,8 @@ def _memo_key(t: FrozenTrial, parent: "TrialView | None", sign: float) -> tuple[
 
 def _view(
     t: FrozenTrial, parent: int | None, parent_view: "TrialView | None", space: SearchSpace, sign: float,
-    memo: dict[Any, Any] | None,
 ) -> tuple["TrialView", tuple[np.ndarray, np.ndarray]]:
-    steps, own_v = _curve(t, memo)
+    steps, own_v = _curve(t)
     base = parent_view.prefix if parent_view is not None else np.zeros(0)
     prefix = chains.continue_curve(base, None, steps, own_v)[0]
     prefix.flags.writeable = False  # shared by every build that memoises this view
@@ -200,17 +199,8 @@ def _view(
     return view, (steps, sign * own_v)
 
 
-def _curve(t: FrozenTrial, memo: dict[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """A trial's reported steps (sorted) and values; memoised for finished trials."""
+def _curve(t: FrozenTrial) -> tuple[np.ndarray, np.ndarray]:
+    """A trial's reported steps (sorted) and values (a finished trial's are memoised with its view)."""
     own = t.intermediate_values
-    key = None
-    if memo is not None and t.state.is_finished():
-        key = (t._trial_id, t.number, t.datetime_start, t.state, len(own))  # noqa: SLF001
-        hit = memo.get(key)
-        if hit is not None:
-            return hit
     steps = np.array(sorted(own), dtype=np.int64)
-    values = np.array([own[int(s)] for s in steps], dtype=np.float64)
-    if key is not None:
-        memo[key] = (steps, values)
-    return steps, values
+    return steps, np.array([own[int(s)] for s in steps], dtype=np.float64)
