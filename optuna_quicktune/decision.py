@@ -12,7 +12,8 @@ The rule, in the order it is applied
    of the greedy portfolio of the surrogate's meta-dataset (:mod:`.portfolio`), in order. The
    zero-shot surrogate's own ranking of configurations never seen on this task is less reliable
    than the configurations that won on many earlier tasks, so the worst case of the start is the
-   static portfolio's. The pruner lets these members run to their end (``keep_portfolio``).
+   static portfolio's. The pruner lets these members run on while the surrogate, given their
+   curves, expects them to end above the best run so far (``keep_portfolio``, ``portfolio_hurdle``).
 2. **Then the surrogate.** Every other action is scored by cost-aware expected improvement
    ``EI(mu, sigma; y*) / c ** cost_exponent`` and the best is taken. The actions are *new*
    configurations of the candidate pool (seeded random draws of the space plus the meta-dataset's
@@ -209,6 +210,16 @@ class Decision:
         if view is None or not len(view.prefix) or len(view.prefix) >= self.fidelity_max or not view.in_space:
             return None
         return self.continuations([view], kind="continue")[0]
+
+    def final_estimate(self, number: int) -> tuple[float, float] | None:
+        """Sign-adjusted predicted final score (mean, std) of trial ``number``'s run given its curve."""
+        view = self.state.trials.get(number)
+        if view is None or not view.in_space:
+            return None
+        fmax = self.fidelity_max
+        mean, std = self.surrogate.predict(self.encode([view]), [view.prefix], fmax, fidelity_max=fmax,
+                                           metafeatures=self.metafeatures, sign=self.sign)
+        return float(self.sign * mean[0]), float(std[0])
 
     def next_portfolio_member(self, used: set[str], claimant: int | None = None) -> str | None:
         """The next unused portfolio member while the study has started fewer than ``portfolio_first``."""

@@ -94,3 +94,51 @@ def test_keep_leader_is_the_default(family, surrogate):
     sampler = QuickTuneSampler(surrogate, metafeatures=family.tasks[HELD_OUT].metafeatures, seed=0)
     assert QuickTunePruner(sampler).keep_leader is True
     assert QuickTunePruner(sampler, keep_leader=False).keep_leader is False
+
+
+def _member_decision(family, surrogate, member_curve, **pruner_kwargs):
+    """Whether the pruner stops the second portfolio member after ``member_curve``, the first having
+    finished with its simulated curve (no leader rule, zero margin: the portfolio rule alone decides)."""
+    task = family.tasks[HELD_OUT]
+    sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0)
+    pruner = QuickTunePruner(sampler, margin=0.0, keep_leader=False, rungs="every", **pruner_kwargs)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    space = family.space
+
+    def ask():
+        trial = study.ask()
+        contract.describe_task(study, dataset=task.name, model="simulated", metric="score",
+                               fidelity_max=task.fidelity_max, metafeatures=task.metafeatures, space=space)
+        return trial, space.suggest(trial)
+
+    first, config = ask()
+    curve = task.curve(config)
+    for step, value in enumerate(curve, start=1):
+        first.report(float(value), step)
+    study.tell(first, float(curve[-1]))
+    second, config = ask()
+    assert space.config_id(config) == sampler.decision(study).portfolio_order[1]
+    for step, value in enumerate(member_curve, start=1):
+        second.report(float(value), step)
+    return second.should_prune(), float(max(curve))
+
+
+def test_a_portfolio_member_is_protected_while_it_is_expected_to_beat_the_best_run(family, surrogate):
+    # A member whose curve stays far below the finished run's: the surrogate expects it to end
+    # below the best run, so it loses its protection and the cost-benefit rule stops it ...
+    low = [0.0, 0.0, 0.0]
+    stopped, top = _member_decision(family, surrogate, low)
+    assert stopped
+    # ... unless members are always run to their end (the static portfolio's rule) ...
+    assert not _member_decision(family, surrogate, low, portfolio_hurdle=None)[0]
+    # ... or the portfolio phase is not protected at all, where the same rule stops it.
+    assert _member_decision(family, surrogate, low, keep_portfolio=False)[0]
+    # A member already above the best run is expected to end above it: it runs on.
+    high = [top + 1.0] * 3
+    assert not _member_decision(family, surrogate, high)[0]
+
+
+def test_portfolio_hurdle_must_be_finite(family, surrogate):
+    sampler = QuickTuneSampler(surrogate, metafeatures=family.tasks[HELD_OUT].metafeatures, seed=0)
+    with pytest.raises(ValueError, match="portfolio_hurdle"):
+        QuickTunePruner(sampler, portfolio_hurdle=float("nan"))
