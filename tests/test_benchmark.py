@@ -168,7 +168,7 @@ def test_smoke_simulated_table(tmp_path, sim_scenario):
 
 @needs_lcbench
 def test_smoke_lcbench_two_tasks(tmp_path):
-    from optuna_quicktune.benchmark.scenarios import lcbench
+    from optuna_quicktune.benchmark.yahpo import lcbench
 
     scenario = lcbench(LCBENCH, epochs="2-11")
     scenario.tasks = scenario.tasks[:2]
@@ -184,7 +184,7 @@ def test_smoke_lcbench_two_tasks(tmp_path):
 @needs_lcbench
 def test_yahpo_fidelity_that_is_not_epochs():
     """Per-fidelity costs (each level retrains, like a training-set fraction) and float levels."""
-    from optuna_quicktune.benchmark.scenarios import YahpoScenario
+    from optuna_quicktune.benchmark.yahpo import YahpoScenario
 
     sc = YahpoScenario(LCBENCH, fidelity="epoch", metric="val_balanced_accuracy", cost="time", preset="lcbench",
                        fidelity_values=[2.0, 4.5, 10.0, 25.0, 51.0], cost_mode="per-fidelity", metafeatures="none",

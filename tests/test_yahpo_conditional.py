@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from optuna_quicktune.benchmark.cli import add_bench_parser, build_scenario
-from optuna_quicktune.benchmark.scenarios import YahpoScenario
+from optuna_quicktune.benchmark.yahpo import YahpoScenario
 
 ROOT = Path(__file__).resolve().parents[1]
 RPART = (ROOT / ".." / "shared" / "benchmarks" / "yahpo-rbv2_rpart").resolve()

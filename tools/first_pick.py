@@ -36,7 +36,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from optuna_quicktune.benchmark.report import Reference
-    from optuna_quicktune.benchmark.scenarios import lcbench
+    from optuna_quicktune.benchmark.yahpo import lcbench
     from optuna_quicktune.sampler import QuickTuneSampler
     from optuna_quicktune.surrogate import load
 

@@ -103,6 +103,7 @@ def _constants(items: list[str]) -> dict[str, str]:
 
 def build_scenario(args: argparse.Namespace) -> Any:
     from optuna_quicktune.benchmark import scenarios as sc
+    from optuna_quicktune.benchmark import yahpo
     from optuna_quicktune.metadataset import MetaDataset
 
     sources = [k for k in ("lcbench", "yahpo", "table", "storage", "simulated") if getattr(args, k, None)]
@@ -115,9 +116,9 @@ def build_scenario(args: argparse.Namespace) -> Any:
         for k in ("metric", "cost", "direction"):
             if getattr(args, k):
                 kw[k] = getattr(args, k)
-        return sc.lcbench(args.lcbench, epochs=args.epochs, **kw)
+        return yahpo.lcbench(args.lcbench, epochs=args.epochs, **kw)
     if args.yahpo:
-        return sc.YahpoScenario(
+        return yahpo.YahpoScenario(
             args.yahpo, fidelity=args.fidelity, metric=args.metric, cost=args.cost, direction=args.direction,
             preset=args.preset, fidelity_values=_fidelity_values(args.fidelity_values),
             fidelity_steps=args.fidelity_steps, cost_mode=args.cost_mode, metafeatures=mf, default_config=default,

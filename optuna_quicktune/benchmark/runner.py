@@ -33,7 +33,8 @@ import numpy as np
 from optuna_quicktune.benchmark.methods import DEFAULT_METHODS, METHODS, PORTFOLIO_METHODS, MethodContext, run_method
 from optuna_quicktune.benchmark.replay import Session
 from optuna_quicktune.benchmark.report import Reference, summarise_run
-from optuna_quicktune.benchmark.scenarios import Scenario, TableScenario, YahpoScenario
+from optuna_quicktune.benchmark.scenarios import Scenario, TableScenario
+from optuna_quicktune.benchmark.yahpo import YahpoScenario
 from optuna_quicktune.metadataset import MetaDataset
 from optuna_quicktune.portfolio import PortfolioTable
 
