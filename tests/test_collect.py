@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import optuna
@@ -201,6 +202,27 @@ def test_a_configuration_another_trial_claims_is_never_trained_twice(user_data, 
     assert late.state == optuna.trial.TrialState.FAIL and late.user_attrs[contract.DUPLICATE_OF] == other_worker.number
     assert contract.COST not in late.user_attrs and not late.intermediate_values  # stopped before any training
     assert contract.FAIL_REASON not in late.user_attrs  # so the configuration does not count as done
+
+
+def test_a_lower_trial_that_reads_after_a_rival_claimed_does_not_train(user_data, tmp_path):
+    """The race CI met: the higher trial checked before the lower one wrote its claim, and both trained."""
+    from trl_objectives import SFTObjective, load_qa_dataset
+    from trl_objectives.claims import ClaimedRun
+
+    a, _, model = user_data
+    objective = SFTObjective(model, load_qa_dataset(a, question_field="prompt", answer_field="reply"),
+                             metric="eval_loss", max_epochs=1, max_length=48, checkpoint_dir=str(tmp_path / "ck"))
+    configs = collection_configs(1)
+    ids = [objective.space.config_id(configs[0])]
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'race.db'}"), direction="minimize")
+    study.enqueue_trial(configs[0])
+    lower = study.ask()  # started first, has not looked yet
+    study.enqueue_trial(configs[0], user_attrs={contract.CONFIG_ID: ids[0]})
+    higher = study.ask()  # looked, found nothing, claimed, trains
+    assert math.isnan(ClaimedRun(objective, ids)(lower))  # the lower trial yields to the running claim
+    assert lower.user_attrs[contract.DUPLICATE_OF] == higher.number
+    late = study.get_trials(deepcopy=False)[lower.number]
+    assert contract.COST not in late.user_attrs and not late.intermediate_values
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ The storage is the only shared state: a trial's state, number and ``quicktune.co
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,9 +43,14 @@ def config_states(study: Any) -> tuple[set[str], set[str]]:
 class ClaimedRun:
     """Runs the objective on a trial unless an earlier trial already claims its configuration.
 
-    Claims: a COMPLETE trial, a FAIL with a reason, or a RUNNING/WAITING trial with a lower number.
-    Two processes that start the same configuration at once both see the other; only the lower
-    trial number trains, so no configuration is run twice at the same fidelity.
+    Claims: a COMPLETE trial, a FAIL with a reason, any other RUNNING trial, or a WAITING trial with
+    a lower number. A trial writes its own claim *before* it looks at the others, so of two
+    processes that start the same configuration at once at least one sees the other (whoever reads
+    last); a trial that sees a rival yields. If both saw each other both yield, each after a short
+    pause seeded by its trial number, so the two processes fall out of step: the configuration stays
+    not done, and the next process to pick it trains it. No configuration is run twice.
+    (Letting the lower trial number win was not enough: the higher one could read before the lower
+    one had written its claim, and both trained.)
     """
 
     def __init__(self, objective: Any, ids: Sequence[str]) -> None:
@@ -56,20 +63,21 @@ class ClaimedRun:
 
         State = optuna.trial.TrialState
         cid = self.objective.space.config_id(self.objective.suggest(trial))
+        trial.set_user_attr(contract.CONFIG_ID, cid)  # the claim: written before reading the others'
         for other in trial.study.get_trials(deepcopy=False):
             if other.number == trial.number or other.user_attrs.get(contract.CONFIG_ID) != cid:
                 continue
-            claims = other.state == State.COMPLETE or (
+            claims = other.state in (State.COMPLETE, State.RUNNING) or (
                 other.state == State.FAIL and other.user_attrs.get(contract.FAIL_REASON)
-            ) or (other.state in (State.RUNNING, State.WAITING) and other.number < trial.number)
+            ) or (other.state == State.WAITING and other.number < trial.number)
             if claims:
-                trial.set_user_attr(contract.CONFIG_ID, cid)
                 trial.set_user_attr(contract.DUPLICATE_OF, other.number)
                 _logger.warning("Trial %d stops before training: trial %d (%s) already has its configuration; "
                                 "Optuna marks it FAIL and this process moves on.", trial.number, other.number,
                                 other.state.name)
+                if other.state == State.RUNNING:  # a rival that may have yielded too: fall out of step
+                    time.sleep(random.Random(trial.number).uniform(0.05, 1.0))
                 return float("nan")  # FAIL, before any training
-        trial.set_user_attr(contract.CONFIG_ID, cid)
         if cid in self.index:
             trial.set_user_attr(contract.CONFIG_INDEX, self.index[cid])
         self.ran = True
