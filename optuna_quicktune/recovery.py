@@ -226,7 +226,7 @@ class Recovery:
     grace_period: float | None = None
     retry: bool = True
     enabled: bool = True
-    _beats: dict[int, threading.Event] = field(default_factory=dict, repr=False)
+    _beats: dict[int, tuple[threading.Event, threading.Thread]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -248,15 +248,26 @@ class Recovery:
         storage = study._storage  # noqa: SLF001
         storage.set_trial_system_attr(trial._trial_id, contract.LEASE, _lease())  # noqa: SLF001
         stop = threading.Event()
-        self._beats[trial._trial_id] = stop  # noqa: SLF001
-        threading.Thread(target=self._beat, args=(study, trial._trial_id, stop), daemon=True,  # noqa: SLF001
-                         name=f"quicktune-lease-{trial.number}").start()
+        beat = threading.Thread(target=self._beat, args=(study, trial._trial_id, stop), daemon=True,  # noqa: SLF001
+                                name=f"quicktune-lease-{trial.number}")
+        self._beats[trial._trial_id] = (stop, beat)  # noqa: SLF001
+        beat.start()
         recover_stale_trials(study, grace_period=self.grace, retry=self.retry)
 
     def stop(self, trial: FrozenTrial) -> None:
-        event = self._beats.pop(trial._trial_id, None)  # noqa: SLF001
-        if event is not None:
-            event.set()
+        """End ``trial``'s lease and wait for its heartbeat thread to finish.
+
+        Waiting matters: a lease thread still alive when the interpreter exits is killed inside
+        the runtime, and the process aborted ("terminate called without an active exception",
+        exit status 134) after a study that ended with ``study.tell`` (``quicktune perf`` did).
+        """
+        entry = self._beats.pop(trial._trial_id, None)  # noqa: SLF001
+        if entry is None:
+            return
+        event, beat = entry
+        event.set()
+        if beat is not threading.current_thread():
+            beat.join(timeout=10.0)  # at most one storage write in flight
 
     def _beat(self, study: Study, trial_id: int, stop: threading.Event) -> None:
         storage = study._storage  # noqa: SLF001

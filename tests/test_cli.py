@@ -26,3 +26,15 @@ def test_errors_are_one_line_and_help_is_useful(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "optuna_quicktune.cli", "--help"], capture_output=True, text=True).stdout
     for cmd in ("meta-train", "inspect", "bench", "perf"):
         assert cmd in out
+
+
+def test_perf_command_exits_cleanly():
+    # It once printed its figures and then aborted (status 134): a lease thread of its last trial
+    # was still alive when the interpreter exited.
+    out = subprocess.run(
+        [sys.executable, "-m", "optuna_quicktune.cli", "perf", "--runs", "90", "--fidelity", "6", "--candidates", "50",
+         "--observed-points", "120", "--steps", "5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["prune_ms"]["p50"] > 0
