@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import optuna
 from optuna.pruners import BasePruner
 from optuna.study import Study
