@@ -216,10 +216,8 @@ class Decision:
         view = self.state.trials.get(number)
         if view is None or not view.in_space:
             return None
-        fmax = self.fidelity_max
-        mean, std = self.surrogate.predict(self.encode([view]), [view.prefix], fmax, fidelity_max=fmax,
-                                           metafeatures=self.metafeatures, sign=self.sign)
-        return float(self.sign * mean[0]), float(std[0])
+        mean, std = self._final(self.encode([view]), view.prefix)
+        return self.sign * mean, std
 
     def next_portfolio_member(self, used: set[str], claimant: int | None = None) -> str | None:
         """The next unused portfolio member while the study has started fewer than ``portfolio_first``."""
@@ -352,11 +350,18 @@ class Decision:
 
     def prediction_record(self, params: Mapping[str, Any], prefix: np.ndarray) -> dict[str, float]:
         """What is stored with a trial at proposal: predicted final mean/std and next-step cost."""
-        s, fmax = self.surrogate, self.fidelity_max
+        fmax = self.fidelity_max
         x = self.space.encode(params)[None, :]
-        mean, std = s.predict(x, [prefix], fmax, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign)
-        cost = s.predict_cost(x, min(len(prefix) + 1, fmax), fidelity_max=fmax, metafeatures=self.metafeatures)
-        return {"mean": float(mean[0]), "std": float(std[0]), "cost": float(cost[0]), "fidelity": fmax}
+        mean, std = self._final(x, prefix)
+        cost = self.surrogate.predict_cost(x, min(len(prefix) + 1, fmax), fidelity_max=fmax, metafeatures=self.metafeatures)
+        return {"mean": mean, "std": std, "cost": float(cost[0]), "fidelity": fmax}
+
+    def _final(self, x: np.ndarray, prefix: np.ndarray) -> tuple[float, float]:
+        """Predicted final score (metric units) and std of one encoded configuration given its curve."""
+        fmax = self.fidelity_max
+        mean, std = self.surrogate.predict(x, [prefix], fmax, fidelity_max=fmax, metafeatures=self.metafeatures,
+                                           sign=self.sign)
+        return float(mean[0]), float(std[0])
 
     def _mf_key(self) -> tuple[tuple[str, float], ...]:
         return tuple(sorted((self.metafeatures or {}).items()))
