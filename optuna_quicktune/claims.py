@@ -1,24 +1,80 @@
-"""What the sampler writes into a trial when it claims an action (the storage side of a decision).
+"""How workers that share a study agree on who runs what: the claim protocol.
 
-Every worker reads these attributes back to agree on who runs what (``study_state.conflicting_claim``),
-the objective reads the resumption and checkpoint, and the dashboard reads the prediction.
+A trial *holds* an action when its ``quicktune.config_id`` names the configuration (a fresh run)
+or its ``quicktune.resume_of`` names the paused trial it continues. Workers decide from the same
+storage at the same moment and often pick the same action, so a claim goes in two phases:
+
+1. The trial marks its claim *tentative* (system attribute ``quicktune.claim_tentative``), writes
+   it, and re-reads the study. It steps back if another trial holds the same action and either
+   has a lower number or is not tentative (a confirmed claim, a finished or enqueued trial, or a
+   trial written by a version without this protocol).
+2. Otherwise it confirms (``tentative = False``) and re-reads once more. It steps back if a
+   lower-numbered trial holds the action by now.
+
+Two trials can never both keep an action. If the higher-numbered one kept it, its second read came
+before the lower one's claim was written, so the lower one's first read, later still, saw a
+confirmed claim and stepped back. And when two trials claim at the same moment, the lower number
+wins deterministically, instead of both stepping back and choosing the same next action again
+(the lockstep that an earlier "whoever sees the other yields" rule fell into under load).
+
+The claim's other attributes are what the objective reads (the resumption and checkpoint) and what
+the dashboard shows (the prediction).
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from optuna.study import Study
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import contract
 from optuna_quicktune.decision import Action
+from optuna_quicktune.space import SearchSpace
 
-__all__ = ["write_claim", "set_user_attr", "set_system_attr"]
+__all__ = [
+    "claim", "claim_steps", "write_claim", "confirm_claim", "withdraw_claim", "conflicting_claim",
+    "set_user_attr", "set_system_attr",
+]
+
+
+def claim(study: Study, trial: FrozenTrial, action: Action, record: dict[str, Any], space: SearchSpace) -> bool:
+    """Run the two-phase claim of ``action`` for ``trial``; False when it must step back."""
+    steps = claim_steps(study, trial, action, record, space)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return bool(done.value)
+
+
+def claim_steps(
+    study: Study, trial: FrozenTrial, action: Action, record: dict[str, Any], space: SearchSpace
+) -> Generator[None, None, bool]:
+    """:func:`claim` as a generator that pauses after each write and read of the storage.
+
+    Other workers may act at any of these points; tests drive several claims step by step in every
+    order to check that no two keep the same action.
+    """
+    write_claim(study, trial, action, record)
+    yield
+    for confirmed in (False, True):
+        fresh = study.get_trials(deepcopy=False)
+        yield
+        if conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, space, confirmed=confirmed):
+            if confirmed:
+                confirm_claim(study, trial, confirmed=False)
+            return False
+        if not confirmed:
+            confirm_claim(study, trial)
+            yield
+    return True
 
 
 def write_claim(study: Study, trial: FrozenTrial, action: Action, record: dict[str, Any]) -> None:
-    """Write ``action`` (its parameters, configuration id, prediction and resumption) into ``trial``."""
+    """Write ``action`` (its parameters, configuration id, prediction and resumption) into ``trial``, tentatively."""
+    set_system_attr(study, trial, contract.TENTATIVE, True)  # before the claim: never a confirmed new claim
     set_system_attr(study, trial, contract.PARAMS, dict(action.config))
     set_user_attr(study, trial, contract.CONFIG_ID, action.config_id)
     set_user_attr(study, trial, contract.PREDICTED, record)
@@ -30,6 +86,57 @@ def write_claim(study: Study, trial: FrozenTrial, action: Action, record: dict[s
         # the objective would continue that checkpoint with this configuration.
         set_user_attr(study, trial, contract.RESUME_OF, None)
         set_user_attr(study, trial, contract.CHECKPOINT, None)
+
+
+def confirm_claim(study: Study, trial: FrozenTrial, confirmed: bool = True) -> None:
+    """Mark the trial's claim confirmed (phase 2), or tentative again when it steps back after confirming."""
+    set_system_attr(study, trial, contract.TENTATIVE, not confirmed)
+
+
+def withdraw_claim(study: Study, trial: FrozenTrial) -> None:
+    """Hold nothing: the trial's parameters are then sampled at random, never as a copy of another's."""
+    set_system_attr(study, trial, contract.TENTATIVE, True)
+    set_system_attr(study, trial, contract.PARAMS, {})
+    for key in (contract.CONFIG_ID, contract.RESUME_OF, contract.CHECKPOINT):
+        if trial.user_attrs.get(key) is not None:
+            set_user_attr(study, trial, key, None)
+    if contract.PREDICTED in trial.user_attrs:
+        set_user_attr(study, trial, contract.PREDICTED, {"source": "random"})
+
+
+def conflicting_claim(
+    trials: Sequence[FrozenTrial], number: int, config_id: str, resume_of: int | None, space: SearchSpace,
+    *, confirmed: bool = False,
+) -> bool:
+    """Whether trial ``number`` must step back from its claim (read on freshly read ``trials``).
+
+    ``confirmed=False``: phase 1 (yield to a lower-numbered holder or to any confirmed one);
+    ``confirmed=True``: phase 2 (yield to a lower-numbered holder only). Reads the attributes
+    directly: no state is built for this check.
+    """
+    for t in trials:
+        if t.number == number or not _holds(t, config_id, resume_of, space):
+            continue
+        if t.number < number or not (confirmed or _tentative(t)):
+            return True
+    return False
+
+
+def _holds(t: FrozenTrial, config_id: str, resume_of: int | None, space: SearchSpace) -> bool:
+    parent = contract.read_resume_of(t)
+    if resume_of is not None:
+        return parent == resume_of
+    if parent is not None:
+        return False
+    cid = t.user_attrs.get(contract.CONFIG_ID)
+    if cid is None:
+        params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
+        cid = space.config_id(params) if params and space.contains(params) else None
+    return cid == config_id
+
+
+def _tentative(t: FrozenTrial) -> bool:
+    return t.state == TrialState.RUNNING and t.system_attrs.get(contract.TENTATIVE) is True
 
 
 def set_user_attr(study: Study, trial: FrozenTrial, key: str, value: Any) -> None:

@@ -69,6 +69,7 @@ HEADROOM_LABEL = "quicktune.headroom.label"  # trial: which headroom run (tools/
 # Trial system attributes (written by the plugin, not meant for users)
 PARAMS = "quicktune.params"  # the parameters the sampler chose in before_trial
 LEASE = "quicktune.lease"  # {"worker", "pid", "beat"}: the live worker of a RUNNING trial
+TENTATIVE = "quicktune.claim_tentative"  # bool: the trial's claim is not yet confirmed (see study_state)
 
 DIRECTIONS = ("maximize", "minimize")
 #: Largest magnitude accepted for a meta-feature: beyond it the surrogate's normalisation overflows

@@ -4,8 +4,8 @@ The sampler is the Optuna glue: it builds a :class:`~optuna_quicktune.decision.D
 storage on every call (the study's state, the surrogate view that state conditions, the candidate
 pool), asks it for the best action (the rule lives in :mod:`optuna_quicktune.decision`), and writes
 its choice into the trial. Several workers and restarted processes agree because everything is
-rebuilt from the storage: a worker writes its claim, re-reads the study and yields to any earlier
-trial holding the same claim.
+rebuilt from the storage: a worker writes its claim, re-reads the study and steps back when
+another trial holds the same action (the two-phase protocol of :mod:`optuna_quicktune.claims`).
 
 With ``refit=False`` (default, Strangmann et al. 2024) the surrogates' weights are used as they are;
 the study enters through its meta-features, each candidate's observed curve prefix and, with
@@ -31,11 +31,11 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
-from optuna_quicktune.claims import set_user_attr, write_claim
+from optuna_quicktune.claims import claim, set_user_attr, withdraw_claim
 from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.recovery import Recovery, failing_trial
-from optuna_quicktune.study_state import StudyState, conflicting_claim
+from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.preprocessing import MetafeatureImputer
 from optuna_quicktune.views import SurrogateViews
@@ -45,6 +45,7 @@ __all__ = ["QuickTuneSampler", "Action"]
 _logger = logging.getLogger(__name__)
 _PARAMS_KEY = contract.PARAMS  # system attr: the parameters chosen in before_trial
 _DEFAULTS = DecisionSettings()
+_CLAIM_ATTEMPTS = 16  # decisions per trial before it gives up on the ranking (each loses only to a rival's claim)
 
 
 class QuickTuneSampler(BaseSampler):
@@ -230,23 +231,21 @@ class QuickTuneSampler(BaseSampler):
         if trial.system_attrs.get("fixed_params") is not None:
             self._annotate_enqueued(study, trial)
             return
-        # Workers that decide at the same moment pick the same actions in the same order and would
-        # yield to each other in lockstep; a short wait after each conflict, different per trial
-        # (seeded by the study and the trial number), lets one of them go first.
+        # The claim protocol (optuna_quicktune.claims) settles who runs an action that several
+        # workers chose at once; the one that steps back decides again, after a short wait that
+        # differs per trial (seeded by the study and the trial number).
         rng = np.random.default_rng([self._seed(study), trial.number])
-        for attempt in range(8):
+        for attempt in range(_CLAIM_ATTEMPTS):
             decision = self.decision(study)
-            actions = decision.actions(limit=8, claimant=trial.number)
+            actions = decision.actions(limit=1, claimant=trial.number)
             if not actions:
                 return  # nothing left in the pool: every parameter falls back to random sampling
-            for action in actions:
-                self._claim(study, trial, action, decision)
-                fresh = study.get_trials(deepcopy=False)
-                if not conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, self.space):
-                    return
-                time.sleep(float(rng.uniform(0.0, 0.01)) * (attempt + 1))
-                break  # decide again: the other worker's claim is now part of the state
-        _logger.warning("Trial %d: every top action was taken by other workers; using the last one.", trial.number)
+            if self._claim(study, trial, actions[0], decision):
+                return
+            time.sleep(float(rng.uniform(0.0, 0.01)) * (attempt + 1))
+        withdraw_claim(study, trial)
+        _logger.warning("Trial %d: other workers took every action it chose %d times; its parameters are "
+                        "sampled at random.", trial.number, _CLAIM_ATTEMPTS)
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
@@ -384,11 +383,12 @@ class QuickTuneSampler(BaseSampler):
         return self._views.conditioned(base, study.study_name, state, mf, fmax, sign) if self.condition else base
 
     # ================================================================== storage writes
-    def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> None:
+    def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> bool:
+        """Claim ``action`` for ``trial``; False when another trial holds it (see :mod:`~optuna_quicktune.claims`)."""
         prefix = decision.state.trials[action.resume_of].prefix if action.resume_of is not None else np.zeros(0)
         record = self._record(decision, dict(action.config), prefix)
         record.update(source=action.kind, acquisition=action.score)
-        write_claim(study, trial, action, record)
+        return claim(study, trial, action, record, self.space)
 
     def _record(self, decision: Decision, params: dict[str, Any], prefix: np.ndarray) -> dict[str, Any]:
         record: dict[str, Any] = decision.prediction_record(params, prefix)

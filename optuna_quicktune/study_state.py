@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_quicktune import chains, contract
 from optuna_quicktune.space import SearchSpace
 
-__all__ = ["TrialView", "StudyState", "conflicting_claim"]
+__all__ = ["TrialView", "StudyState"]
 
 
 
@@ -128,34 +128,6 @@ class StudyState:
             chain.add(n)
             n = self.trials[n].resume_of if n in self.trials else None
         return any(len(v.prefix) > 0 for k, v in self.trials.items() if k not in chain)
-
-
-def conflicting_claim(
-    trials: Sequence[FrozenTrial], number: int, config_id: str, resume_of: int | None, space: SearchSpace
-) -> bool:
-    """Whether any trial other than ``number`` holds this configuration (or continues this parent).
-
-    Called after trial ``number`` wrote its claim, on freshly read trials. Whoever reads the
-    other's claim yields, so two workers can never both keep the same claim; at worst both yield
-    and pick again. Reads the two attributes directly: no state is built for this check.
-    """
-    for t in trials:
-        if t.number == number:
-            continue
-        parent = contract.read_resume_of(t)
-        if resume_of is not None:
-            if parent == resume_of:
-                return True
-            continue
-        if parent is not None:
-            continue
-        cid = t.user_attrs.get(contract.CONFIG_ID)
-        if cid is None:
-            params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
-            cid = space.config_id(params) if params and space.contains(params) else None
-        if cid == config_id:
-            return True
-    return False
 
 
 def _memo_key(t: FrozenTrial, parent: "TrialView | None", sign: float) -> tuple[Any, ...] | None:

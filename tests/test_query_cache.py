@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from optuna_quicktune import contract
-from optuna_quicktune.study_state import StudyState, conflicting_claim
+from optuna_quicktune.claims import conflicting_claim
+from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.gp import ExactGP
 
 
