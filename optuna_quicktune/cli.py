@@ -89,14 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_bench_parser(sub)
     except ImportError as e:  # pragma: no cover - needs the [bench] extra
         b = sub.add_parser("bench", help=f"Replay benchmark (needs optuna-quicktune[bench]: {e}).")
-        b.set_defaults(func=lambda args: _missing(e))
+        b.set_defaults(func=lambda args, err=e: _missing(err))
     try:
         from trl_objectives.collect import add_collect_parser
 
         add_collect_parser(sub)
     except ImportError as e:  # pragma: no cover - needs the [trl] extra
         c = sub.add_parser("collect", help=f"Collect a LoRA meta-dataset (needs optuna-quicktune[trl]: {e}).")
-        c.set_defaults(func=lambda args: _missing(e, "trl"))
+        c.set_defaults(func=lambda args, err=e: _missing(err, "trl"))
     from optuna_quicktune.suggest import add_suggest_parser
 
     add_suggest_parser(sub)
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_demo_parser(sub)
     except ImportError as e:  # pragma: no cover - needs the [trl] extra
         d = sub.add_parser("demo", help=f"QuickTune demo on a held-out fact-QA task (needs optuna-quicktune[trl]: {e}).")
-        d.set_defaults(func=lambda args: _missing(e, "trl"))
+        d.set_defaults(func=lambda args, err=e: _missing(err, "trl"))
     return parser
 
 

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from optuna_quicktune.cli import main
 
 
@@ -38,3 +40,17 @@ def test_perf_command_exits_cleanly():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["prune_ms"]["p50"] > 0
+
+
+@pytest.mark.parametrize("command, module, extra", [
+    ("bench", "optuna_quicktune.benchmark.cli", "bench"),
+    ("collect", "trl_objectives.collect", "trl"),
+    ("demo", "trl_objectives.demo", "trl"),
+])
+def test_a_command_whose_extra_is_missing_names_the_extra(command, module, extra):
+    # sys.modules[name] = None makes that import fail as it does when the extra is not installed.
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            f"from optuna_quicktune.cli import main; sys.exit(main([{command!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert f"optuna-quicktune[{extra}]" in out.stderr

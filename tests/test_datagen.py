@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from trl_objectives.datagen import GenerationReport, expand_facts, filter_qa, generate_qa, parse_facts, parse_qa_pairs
-from trl_objectives.tasks import PARAPHRASES, TASKS, get_task, load_task, task_names, task_records
+from trl_objectives.tasks import PARAPHRASES, get_task, load_task, task_names, task_records
 
 
 def test_registry_has_ten_real_tasks_with_twelve_distinct_templates():
