@@ -34,7 +34,7 @@ from optuna_quicktune.decision import Action
 from optuna_quicktune.space import SearchSpace
 
 __all__ = [
-    "claim", "claim_steps", "write_claim", "confirm_claim", "withdraw_claim", "conflicting_claim",
+    "claim", "claim_steps", "write_claim", "confirm_claim", "conflicting_claim",
     "set_user_attr", "set_system_attr",
 ]
 
@@ -91,17 +91,6 @@ def write_claim(study: Study, trial: FrozenTrial, action: Action, record: dict[s
 def confirm_claim(study: Study, trial: FrozenTrial, confirmed: bool = True) -> None:
     """Mark the trial's claim confirmed (phase 2), or tentative again when it steps back after confirming."""
     set_system_attr(study, trial, contract.TENTATIVE, not confirmed)
-
-
-def withdraw_claim(study: Study, trial: FrozenTrial) -> None:
-    """Hold nothing: the trial's parameters are then sampled at random, never as a copy of another's."""
-    set_system_attr(study, trial, contract.TENTATIVE, True)
-    set_system_attr(study, trial, contract.PARAMS, {})
-    for key in (contract.CONFIG_ID, contract.RESUME_OF, contract.CHECKPOINT):
-        if trial.user_attrs.get(key) is not None:
-            set_user_attr(study, trial, key, None)
-    if contract.PREDICTED in trial.user_attrs:
-        set_user_attr(study, trial, contract.PREDICTED, {"source": "random"})
 
 
 def conflicting_claim(

@@ -31,7 +31,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
-from optuna_quicktune.claims import claim, set_user_attr, withdraw_claim
+from optuna_quicktune.claims import claim, confirm_claim, set_user_attr, write_claim
 from optuna_quicktune.decision import Action, Decision, DecisionSettings, Pool, PredictionCache
 from optuna_quicktune.errors import MetaFeatureError
 from optuna_quicktune.recovery import Recovery, failing_trial
@@ -243,9 +243,17 @@ class QuickTuneSampler(BaseSampler):
             if self._claim(study, trial, actions[0], decision):
                 return
             time.sleep(float(rng.uniform(0.0, 0.01)) * (attempt + 1))
-        withdraw_claim(study, trial)
-        _logger.warning("Trial %d: other workers took every action it chose %d times; its parameters are "
-                        "sampled at random.", trial.number, _CLAIM_ATTEMPTS)
+        # Lost every round: run a configuration drawn at random from the space (seeded), which no
+        # other trial holds, rather than keep a claim that another trial holds.
+        config = self.space.sample(1, rng)[0]
+        action = Action("random", config, self.space.config_id(config), float("nan"), 1)
+        prefix = np.zeros(0)
+        record = self._record(decision, dict(config), prefix)
+        record.update(source="random")
+        write_claim(study, trial, action, record)
+        confirm_claim(study, trial)
+        _logger.warning("Trial %d: other workers took every action it chose %d times; it runs a random "
+                        "configuration.", trial.number, _CLAIM_ATTEMPTS)
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None

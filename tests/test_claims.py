@@ -93,14 +93,19 @@ def test_a_trial_that_never_wins_a_claim_runs_a_random_configuration(family, sur
     # check: the trial must not keep a claim that another trial holds.
     import optuna_quicktune.sampler as sampler_module
 
-    monkeypatch.setattr(sampler_module, "claim", lambda *a, **k: False)
     sampler = QuickTuneSampler(surrogate, metafeatures=family.tasks[HELD_OUT].metafeatures, seed=0)
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    first = study.ask()
+    family.space.suggest(first)
+    study.tell(first, 0.5)
+    chosen = sampler.rank_actions(study, limit=1)[0].config_id
+    monkeypatch.setattr(sampler_module, "claim", lambda *a, **k: False)
     with caplog.at_level(logging.WARNING, logger="optuna_quicktune.sampler"):
         trial = study.ask()
-    assert "sampled at random" in caplog.text
-    assert trial.user_attrs.get(contract.CONFIG_ID) is None
+    assert "random configuration" in caplog.text
     params = family.space.suggest(trial)
-    assert family.space.contains(params)
-    study.tell(trial, 0.5)
-    assert study.trials[0].state == TrialState.COMPLETE
+    cid = trial.user_attrs[contract.CONFIG_ID]
+    assert cid == family.space.config_id(params) and cid not in (chosen, study.trials[0].user_attrs[contract.CONFIG_ID])
+    assert trial.user_attrs[contract.PREDICTED]["source"] == "random"
+    study.tell(trial, 0.4)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
