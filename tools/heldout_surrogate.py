@@ -79,6 +79,14 @@ def score(surrogate: Any, md: Any, task: int) -> dict[str, Any]:
             "covered": int(np.sum(np.abs(y - mean) <= Z90 * std)), "top_regret": _regret(y, top, t.sign)}
 
 
+def compare_score(surrogate: Any, md: Any, task: int) -> dict[str, Any]:
+    """:func:`score` of a surrogate that may refuse the task (another fidelity or space): the reason instead."""
+    try:
+        return score(surrogate, md, task)
+    except ValueError as e:  # ContractError and the space/fidelity checks are ValueErrors
+        return {"runs": len(finals_of(md, task)[1]), "unscorable": str(e).split("\n")[0]}
+
+
 def heldout(md: Any, *, steps: int, seed: int, time_limit: float | None, compare: Any = None) -> dict[str, Any]:
     """Leave-one-task-out per model family (module doc); ``compare``: a surrogate scored as it is."""
     from scipy.stats import spearmanr
@@ -107,12 +115,15 @@ def heldout(md: Any, *, steps: int, seed: int, time_limit: float | None, compare
                 prior = -md.tasks[i].sign * np.array([ranks[k] for k, ok in zip(keys, known) if ok])  # in y's direction
                 row["mean_rank_spearman"] = float(spearmanr(prior, y[np.array(known)]).statistic)
             if compare is not None:
-                row["compare"] = score(compare, md, i)
+                row["compare"] = compare_score(compare, md, i)
             rows[md.tasks[i].dataset] = row
             print(f"{model} {md.tasks[i].dataset}: {json.dumps(row)}", file=sys.stderr, flush=True)
         out[model] = {"tasks": rows, **summary(rows.values())}
         if compare is not None:
-            out[model]["compare"] = summary([r["compare"] for r in rows.values()])
+            scored = [r["compare"] for r in rows.values() if "unscorable" not in r["compare"]]
+            refused = [r["compare"]["unscorable"] for r in rows.values() if "unscorable" in r["compare"]]
+            out[model]["compare"] = {**(summary(scored) if scored else {}), "unscorable_tasks": len(refused),
+                                     **({"unscorable_reason": refused[0]} if refused else {})}
     return out
 
 
@@ -160,15 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|---|" + ("---|---|---|" if compare else ""))
         for name, row in r["tasks"].items():
             c = row.get("compare")
-            extra = f" {c['spearman']:.3f} | {c['covered']}/{c['runs']} | {c['top_regret']:.3f} |" if c else ""
+            if c and "unscorable" in c:
+                extra = " - | - | - |"
+            else:
+                extra = f" {c['spearman']:.3f} | {c['covered']}/{c['runs']} | {c['top_regret']:.3f} |" if c else ""
             pr = row["portfolio_regret"]
             print(f"| {name} | {row['runs']} | {row['spearman']:.3f} | {row.get('mean_rank_spearman', float('nan')):.3f} | "
                   f"{row['covered']}/{row['runs']} | "
                   f"{row['top_regret']:.3f} | {'-' if pr is None else f'{pr:.3f}'} |{extra}")
         if compare:
             cs = r["compare"]
-            print(f"compare: Spearman {cs['spearman_mean']:.3f}, coverage {cs['coverage90']:.3f}, "
-                  f"top-1 regret {cs['top_regret_mean']:.3f}")
+            if "spearman_mean" in cs:
+                print(f"compare: Spearman {cs['spearman_mean']:.3f}, coverage {cs['coverage90']:.3f}, "
+                      f"top-1 regret {cs['top_regret_mean']:.3f}")
+            if cs["unscorable_tasks"]:
+                print(f"compare: cannot score {cs['unscorable_tasks']} task(s): {cs['unscorable_reason']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
