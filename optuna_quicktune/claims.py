@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_quicktune import contract
 from optuna_quicktune.decision import Action
 from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.study_state import trial_config_id
 
 __all__ = [
     "claim", "claim_steps", "write_claim", "confirm_claim", "conflicting_claim",
@@ -59,16 +60,17 @@ def claim_steps(
     """
     write_claim(study, trial, action, record)
     yield
-    for confirmed in (False, True):
-        fresh = study.get_trials(deepcopy=False)
-        yield
-        if conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, space, confirmed=confirmed):
-            if confirmed:
-                confirm_claim(study, trial, confirmed=False)
-            return False
-        if not confirmed:
-            confirm_claim(study, trial)
-            yield
+    fresh = study.get_trials(deepcopy=False)
+    yield
+    if conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, space):
+        return False
+    confirm_claim(study, trial)
+    yield
+    fresh = study.get_trials(deepcopy=False)
+    yield
+    if conflicting_claim(fresh, trial.number, action.config_id, action.resume_of, space, confirmed=True):
+        confirm_claim(study, trial, confirmed=False)
+        return False
     return True
 
 
@@ -115,13 +117,7 @@ def _holds(t: FrozenTrial, config_id: str, resume_of: int | None, space: SearchS
     parent = contract.read_resume_of(t)
     if resume_of is not None:
         return parent == resume_of
-    if parent is not None:
-        return False
-    cid = t.user_attrs.get(contract.CONFIG_ID)
-    if cid is None:
-        params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
-        cid = space.config_id(params) if params and space.contains(params) else None
-    return cid == config_id
+    return parent is None and trial_config_id(t, space) == config_id
 
 
 def _tentative(t: FrozenTrial) -> bool:

@@ -247,10 +247,7 @@ class QuickTuneSampler(BaseSampler):
         # other trial holds, rather than keep a claim that another trial holds.
         config = self.space.sample(1, rng)[0]
         action = Action("random", config, self.space.config_id(config), float("nan"), 1)
-        prefix = np.zeros(0)
-        record = self._record(decision, dict(config), prefix)
-        record.update(source="random")
-        write_claim(study, trial, action, record)
+        write_claim(study, trial, action, {**self._record(decision, dict(config), np.zeros(0)), "source": "random"})
         confirm_claim(study, trial)
         _logger.warning("Trial %d: other workers took every action it chose %d times; it runs a random "
                         "configuration.", trial.number, _CLAIM_ATTEMPTS)

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_quicktune import chains, contract
 from optuna_quicktune.space import SearchSpace
 
-__all__ = ["TrialView", "StudyState"]
+__all__ = ["TrialView", "StudyState", "trial_params", "trial_config_id"]
 
 
 
@@ -130,6 +130,20 @@ class StudyState:
         return any(len(v.prefix) > 0 for k, v in self.trials.items() if k not in chain)
 
 
+def trial_params(t: FrozenTrial) -> dict[str, Any]:
+    """The trial's parameters: suggested ones, else those it was enqueued with (before it suggests)."""
+    return dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
+
+
+def trial_config_id(t: FrozenTrial, space: SearchSpace, params: dict[str, Any] | None = None) -> str | None:
+    """The configuration a trial holds: its ``quicktune.config_id``, else the id of its parameters in ``space``."""
+    cid = t.user_attrs.get(contract.CONFIG_ID)
+    if cid is None:
+        params = trial_params(t) if params is None else params
+        cid = space.config_id(params) if params and space.contains(params) else None
+    return cid
+
+
 def _memo_key(t: FrozenTrial, parent: "TrialView | None", sign: float) -> tuple[Any, ...] | None:
     """What a finished trial's view depends on (None: not finished, so not memoised).
 
@@ -151,10 +165,8 @@ def _view(
     base = parent_view.prefix if parent_view is not None else np.zeros(0)
     prefix = chains.continue_curve(base, None, steps, own_v)[0]
     prefix.flags.writeable = False  # shared by every build that memoises this view
-    params = dict(t.params) if t.params else dict(t.system_attrs.get("fixed_params") or {})
-    config_id = t.user_attrs.get(contract.CONFIG_ID)
-    if config_id is None and params and space.contains(params):
-        config_id = space.config_id(params)
+    params = trial_params(t)
+    config_id = trial_config_id(t, space, params)
     view = TrialView(
         number=t.number,
         state=t.state,
