@@ -28,7 +28,8 @@ from typing import Any
 import optuna
 
 from optuna_quicktune import contract
-from optuna_quicktune.pretrained import available, catalog, load_surrogate, model_of
+from optuna_quicktune.errors import SurrogateFormatError
+from optuna_quicktune.pretrained import catalog, load_surrogate, model_of, pick
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 
 __all__ = [
@@ -246,7 +247,7 @@ def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metafeatures", default=None, help="JSON file (or inline JSON) of the dataset's meta-features")
     p.add_argument("--surrogate", default=None,
                    help=f"packaged name ({', '.join(f'{k}: {v}' for k, v in catalog().items()) or 'none'}) or saved folder; "
-                        "default the packaged one when there is exactly one")
+                        "default the packaged one for --model's family")
     p.add_argument("--model", default=None,
                    help="model whose tokenizer describes the dataset; default the surrogate's model")
     p.add_argument("-k", "--top", type=int, default=5, dest="k", help="how many configurations")
@@ -265,13 +266,24 @@ def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _pick_surrogate(name: str | None) -> str:
+def _pick_surrogate(name: str | None, model: str | None) -> str:
+    """The named surrogate, else the packaged one for ``--model``'s family (see :func:`pretrained.pick`).
+
+    A model no packaged surrogate was meta-trained with (your own checkpoint) still gets an answer:
+    the default family's surrogate, with a note, since its ranking is the best prior there is short
+    of collecting runs with that model.
+    """
     if name:
         return name
-    names = available()
-    if len(names) != 1:
-        raise ValueError(f"Pass --surrogate: packaged surrogates are {names or 'none'} (or give a saved folder).")
-    return names[0]
+    try:
+        return pick(model)
+    except SurrogateFormatError:
+        if model is None:
+            raise
+        chosen = pick(None)
+        print(f"No packaged surrogate was meta-trained with {model!r}; using {chosen!r} ({catalog()[chosen]}). "
+              "Pass --surrogate to choose another.", file=sys.stderr)
+        return chosen
 
 
 def _read_metafeatures(arg: str) -> dict[str, float]:
@@ -290,7 +302,8 @@ def _run_suggest(args: argparse.Namespace) -> int:
         raise ValueError("Give a dataset file or --metafeatures (one of them).")
     if (args.enqueue is None) != (args.study is None):
         raise ValueError("--enqueue STORAGE and --study NAME go together.")
-    s = load_surrogate(_pick_surrogate(args.surrogate))
+    chosen = _pick_surrogate(args.surrogate, args.model)
+    s = load_surrogate(chosen)
     if args.metafeatures is not None:
         mf = _read_metafeatures(args.metafeatures)
     else:
@@ -317,6 +330,6 @@ def _run_suggest(args: argparse.Namespace) -> int:
         print(format_suggestions(found, metric=metric))
     if study is not None:
         print(f"Enqueued {len(found)} WAITING trial(s) in study {study.study_name!r}; run them with "
-              f"QuickTuneSampler({_pick_surrogate(args.surrogate)!r}) so the rest of the study follows the same "
+              f"QuickTuneSampler({chosen!r}) so the rest of the study follows the same "
               "surrogate.", file=sys.stderr)
     return 0

@@ -158,6 +158,7 @@ def test_quicktune_collect_on_user_datasets_with_step_fidelity(user_data, tmp_pa
         info = study.user_attrs[contract.COLLECT_INFO]
         assert info["source"].endswith((".jsonl", ".csv")) and info["columns"]["answer"] == "reply"
         assert set(study.user_attrs[ZERO_SHOT]) == {"validation", "test"}
+        assert study.user_attrs[contract.PROMPT_FORMAT]["style"] == "chat_template"  # the tiny model has one
         for t in study.trials:  # every run a full curve of 8 points, with its place in the configuration list
             assert t.state == optuna.trial.TrialState.COMPLETE and sorted(t.intermediate_values) == list(range(1, 9))
             assert t.user_attrs[contract.CONFIG_INDEX] in (0, 1) and len(t.user_attrs[contract.COST]) == 8

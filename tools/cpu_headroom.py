@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     from optuna_quicktune.space import lora_space
     from trl_objectives import SFTObjective
     from trl_objectives.collect import collection_configs, open_storage, study_name
-    from trl_objectives.prompts import record_prompt_format
     from trl_objectives.tasks import get_task, load_task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                            seed=args.seed, num_threads=args.threads, space=space, dataset_name=task)
         study = optuna.create_study(study_name=study_name(task, obj.model_name), storage=store,
                                     direction=obj.direction, load_if_exists=True, pruner=optuna.pruners.NopPruner())
-        obj.describe(study)
-        record_prompt_format(study, obj.tokenizer, qa.system_prompt)
+        obj.describe(study)  # also records the prompt format
         study.set_user_attr(contract.COLLECT_INFO, {"configs": len(labelled), "facts": args.facts, "epochs": args.epochs,
                                            "max_length": args.max_length, "seed": args.seed,
                                            "source": get_task(task).source, "license": get_task(task).license})

@@ -80,14 +80,11 @@ def _model_key(model: str) -> str:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One (task, model): ``collect`` into its own file, then record prompt format and hardware."""
+    """One (task, model): ``collect`` into its own file (which records the prompt format), then the hardware."""
     import optuna
 
     _patch_records(args.records)
     from trl_objectives.collect import collect
-    from trl_objectives.models import load_tokenizer
-    from trl_objectives.prompts import record_prompt_format
-    from trl_objectives.tasks import get_task
 
     blob = json.loads(Path(args.records).read_text())
     extra: dict[str, Any] = {}
@@ -98,11 +95,9 @@ def worker(args: argparse.Namespace) -> None:
         facts=blob["facts"][args.task], seed=blob["seed"], metric=args.metric, max_length=args.max_length,
         num_threads=1, checkpoint_dir=args.checkpoint_dir, progress=False, time_limit=args.time_limit, **extra,
     )
-    tokenizer = load_tokenizer(args.model)
     hardware = json.loads(args.hardware)
     for s in optuna.get_all_study_summaries(args.storage, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=args.storage)
-        record_prompt_format(study, tokenizer, get_task(args.task).system_prompt)
         if HARDWARE not in study.user_attrs:
             study.set_user_attr(HARDWARE, hardware)
     print(json.dumps(summary), flush=True)

