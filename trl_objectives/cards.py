@@ -103,6 +103,7 @@ def write_pretrained(
     """
     from pathlib import Path
 
+    from optuna_quicktune import contract
     from optuna_quicktune.metadataset import MetaDataset
     from optuna_quicktune.surrogate import meta_train
 
@@ -136,7 +137,7 @@ Made by `trl_objectives.collect.write_pretrained` from the collection storage
 
 ## Data
 * Base model: {family['name']} (`--model {family['spec']}`, the GGUF de-quantised; weights under {family['licence']}),
-  LoRA via PEFT + TRL SFT, on {hardware}.{f" Prompts: {', '.join(styles)} (recorded per study in `quicktune.prompt_format`)." if styles else ""}
+  LoRA via PEFT + TRL SFT, on {hardware}.{f" Prompts: {', '.join(styles)} (recorded per study in `{contract.PROMPT_FORMAT}`)." if styles else ""}
 * Tasks (one study each): {', '.join(v['dataset'] for v in report['tasks'].values())}.
   Each fact table: {collect_info.get('facts')} facts x 12 paraphrased questions (10 train / 1 validation / 1 test per fact){split_note},
   {collect_info.get('epochs')} epochs, max length {collect_info.get('max_length')} tokens,
