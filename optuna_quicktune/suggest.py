@@ -213,8 +213,12 @@ def _check_study(study: optuna.Study, direction: str, mf: dict[str, float] | Non
         study.set_user_attr(contract.METAFEATURES, mf)
 
 
-def format_suggestions(suggestions: Sequence[Suggestion], *, metric: str = "score") -> str:
-    """A table a person reads: rank, predicted score +- std, predicted cost, then the configuration."""
+def format_suggestions(suggestions: Sequence[Suggestion], *, metric: str = "score", unit: str = "step") -> str:
+    """A table a person reads: rank, predicted score +- std, predicted cost, then the configuration.
+
+    ``unit`` names the fidelity (``"epoch"`` for the packaged LLM surrogates), so the footer says
+    how long a run the predictions are for.
+    """
     if not suggestions:
         return "No configuration left to suggest (the study already holds every candidate)."
     names = list(suggestions[0].params)
@@ -224,7 +228,7 @@ def format_suggestions(suggestions: Sequence[Suggestion], *, metric: str = "scor
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     fid = suggestions[0].fidelity
-    lines.append(f"(predicted at the end of a {fid}-step run; cost: predicted seconds of the whole run on the "
+    lines.append(f"(predicted at the end of a {fid}-{unit} run; cost: predicted seconds of the whole run on the "
                  "hardware the surrogate's meta-dataset was collected on)")
     return "\n".join(lines)
 
@@ -327,7 +331,8 @@ def _run_suggest(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(x) for x in found], indent=1))
     else:
         metric = (s.info.get("collect") or {}).get("metric", "score")
-        print(format_suggestions(found, metric=metric))
+        unit = ((s.info.get("collect") or {}).get("fidelity") or {}).get("unit", "step")
+        print(format_suggestions(found, metric=metric, unit=unit))
     if study is not None:
         print(f"Enqueued {len(found)} WAITING trial(s) in study {study.study_name!r}; run them with "
               f"QuickTuneSampler({chosen!r}) so the rest of the study follows the same "

@@ -81,6 +81,7 @@ def test_suggest_prints_top_k_from_a_dataset_file(qa_file, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["rank", "predicted", "eval_loss"]
     assert [line.split()[0] for line in table[1:3]] == ["1", "2"]
+    assert table[-1].startswith(f"(predicted at the end of a {load_surrogate(pick()).max_fidelity}-epoch run")
 
 
 def test_the_meta_features_change_the_ranking_and_match_the_sampler(qa_file):
