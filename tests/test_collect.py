@@ -250,3 +250,20 @@ def test_two_collect_processes_share_one_storage_without_running_a_configuration
         lora_space().config_id(c) for c in collection_configs(4))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trained)
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]
+
+
+def test_a_run_whose_worker_died_is_run_again_but_a_failed_configuration_is_not(tmp_path):
+    """``quicktune recover`` fails a dead worker's trial with a reason; collect must still run it again."""
+    from trl_objectives.claims import config_states
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="t")
+    fail = optuna.trial.TrialState.FAIL
+    study.add_trial(optuna.trial.create_trial(state=fail, user_attrs={
+        contract.CONFIG_ID: "diverged", contract.FAIL_REASON: "the loss diverged"}))
+    study.add_trial(optuna.trial.create_trial(state=fail, user_attrs={
+        contract.CONFIG_ID: "worker-died", contract.FAIL_REASON: "a worker died while running it",
+        contract.RECOVERED_BY: "host|pid"}))
+    study.add_trial(optuna.trial.create_trial(state=fail, user_attrs={contract.CONFIG_ID: "no-reason"}))
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={contract.CONFIG_ID: "complete"}))
+    done, running = config_states(study)
+    assert done == {"diverged", "complete"} and running == set()

@@ -23,7 +23,13 @@ __all__ = ["config_states", "ClaimedRun"]
 
 
 def config_states(study: Any) -> tuple[set[str], set[str]]:
-    """Config ids of ``study`` that are done (COMPLETE, or FAIL with a reason) and that are RUNNING now."""
+    """Config ids of ``study`` that are done and that are RUNNING now.
+
+    Done: COMPLETE, or FAIL with a reason that is the configuration's own result (it diverged, it ran
+    out of memory). A trial that ``quicktune recover`` failed because its worker died
+    (``quicktune.recovered_by``) says nothing about its configuration, so that one runs again:
+    otherwise recovering a collection would leave a permanent hole in its table.
+    """
     import optuna
 
     done, running = set(), set()
@@ -33,6 +39,7 @@ def config_states(study: Any) -> tuple[set[str], set[str]]:
             continue
         if t.state == optuna.trial.TrialState.COMPLETE or (
             t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(contract.FAIL_REASON)
+            and not t.user_attrs.get(contract.RECOVERED_BY)
         ):
             done.add(cid)
         elif t.state == optuna.trial.TrialState.RUNNING:
