@@ -254,7 +254,9 @@ def test_two_collect_processes_share_one_storage_without_running_a_configuration
 
 def test_a_run_whose_worker_died_is_run_again_but_a_failed_configuration_is_not(tmp_path):
     """``quicktune recover`` fails a dead worker's trial with a reason; collect must still run it again."""
-    from trl_objectives.claims import config_states
+    from optuna_quicktune.space import lora_space
+    from trl_objectives.claims import ClaimedRun, config_states
+    from trl_objectives.collect import collection_configs
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="t")
     fail = optuna.trial.TrialState.FAIL
@@ -267,3 +269,36 @@ def test_a_run_whose_worker_died_is_run_again_but_a_failed_configuration_is_not(
     study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={contract.CONFIG_ID: "complete"}))
     done, running = config_states(study)
     assert done == {"diverged", "complete"} and running == set()
+
+    # ... and a trial of that configuration trains instead of yielding to the dead worker's trial
+    # (when the two rules disagreed, collect picked it and every new trial refused it, forever).
+    space = lora_space()
+
+    class Objective:  # the claim logic around any objective: here one that only counts its calls
+        calls = 0
+
+        def __init__(self) -> None:
+            self.space = space
+
+        def suggest(self, trial):
+            return space.suggest(trial)
+
+        def __call__(self, trial):
+            Objective.calls += 1
+            return 0.5
+
+    configs = collection_configs(2, seed=0, space=space)
+    ids = [space.config_id(c) for c in configs]
+    for cid, reason in ((ids[0], "a worker died while running it"), (ids[1], "the loss diverged")):
+        attrs = {contract.CONFIG_ID: cid, contract.FAIL_REASON: reason}
+        if cid == ids[0]:
+            attrs[contract.RECOVERED_BY] = "host|pid"
+        study.add_trial(optuna.trial.create_trial(state=fail, user_attrs=attrs))
+    run = ClaimedRun(Objective(), ids)
+    for c in configs:
+        study.sampler = optuna.samplers.PartialFixedSampler(c, optuna.samplers.RandomSampler(seed=0))
+        study.optimize(run, n_trials=1, catch=())
+    assert Objective.calls == 1  # the recovered configuration trained, the diverged one did not
+    last = study.trials[-2:]
+    assert last[0].state == optuna.trial.TrialState.COMPLETE and contract.DUPLICATE_OF not in last[0].user_attrs
+    assert last[1].user_attrs[contract.DUPLICATE_OF] == study.trials[-3].number

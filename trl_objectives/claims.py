@@ -19,17 +19,30 @@ from optuna_quicktune import contract
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["config_states", "ClaimedRun"]
+__all__ = ["config_states", "settles", "ClaimedRun"]
+
+
+def settles(trial: Any) -> bool:
+    """Whether ``trial`` is its configuration's result, so the configuration needs no other run.
+
+    COMPLETE, or FAIL with a reason that belongs to the configuration (it diverged, it ran out of
+    memory). A trial that ``quicktune recover`` failed because its worker died
+    (``quicktune.recovered_by``) says nothing about its configuration, so that one runs again:
+    otherwise recovering a collection would leave a permanent hole in its table. The one rule for
+    :func:`config_states` (what collect picks) and :class:`ClaimedRun` (what a trial yields to):
+    if they disagree, collect picks a configuration that every trial then refuses, forever.
+    """
+    import optuna
+
+    State = optuna.trial.TrialState
+    return trial.state == State.COMPLETE or (
+        trial.state == State.FAIL and bool(trial.user_attrs.get(contract.FAIL_REASON))
+        and not trial.user_attrs.get(contract.RECOVERED_BY)
+    )
 
 
 def config_states(study: Any) -> tuple[set[str], set[str]]:
-    """Config ids of ``study`` that are done and that are RUNNING now.
-
-    Done: COMPLETE, or FAIL with a reason that is the configuration's own result (it diverged, it ran
-    out of memory). A trial that ``quicktune recover`` failed because its worker died
-    (``quicktune.recovered_by``) says nothing about its configuration, so that one runs again:
-    otherwise recovering a collection would leave a permanent hole in its table.
-    """
+    """Config ids of ``study`` that are done (see :func:`settles`) and that are RUNNING now."""
     import optuna
 
     done, running = set(), set()
@@ -37,10 +50,7 @@ def config_states(study: Any) -> tuple[set[str], set[str]]:
         cid = t.user_attrs.get(contract.CONFIG_ID)
         if cid is None:
             continue
-        if t.state == optuna.trial.TrialState.COMPLETE or (
-            t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(contract.FAIL_REASON)
-            and not t.user_attrs.get(contract.RECOVERED_BY)
-        ):
+        if settles(t):
             done.add(cid)
         elif t.state == optuna.trial.TrialState.RUNNING:
             running.add(cid)
@@ -50,8 +60,8 @@ def config_states(study: Any) -> tuple[set[str], set[str]]:
 class ClaimedRun:
     """Runs the objective on a trial unless an earlier trial already claims its configuration.
 
-    Claims: a COMPLETE trial, a FAIL with a reason, any other RUNNING trial, or a WAITING trial with
-    a lower number. A trial writes its own claim *before* it looks at the others, so of two
+    Claims: a trial that :func:`settles` the configuration, any other RUNNING trial, or a WAITING
+    trial with a lower number. A trial writes its own claim *before* it looks at the others, so of two
     processes that start the same configuration at once at least one sees the other (whoever reads
     last); a trial that sees a rival yields. If both saw each other both yield, each after a short
     pause seeded by its trial number, so the two processes fall out of step: the configuration stays
@@ -74,9 +84,8 @@ class ClaimedRun:
         for other in trial.study.get_trials(deepcopy=False):
             if other.number == trial.number or other.user_attrs.get(contract.CONFIG_ID) != cid:
                 continue
-            claims = other.state in (State.COMPLETE, State.RUNNING) or (
-                other.state == State.FAIL and other.user_attrs.get(contract.FAIL_REASON)
-            ) or (other.state == State.WAITING and other.number < trial.number)
+            claims = settles(other) or other.state == State.RUNNING or (
+                other.state == State.WAITING and other.number < trial.number)
             if claims:
                 trial.set_user_attr(contract.DUPLICATE_OF, other.number)
                 _logger.warning("Trial %d stops before training: trial %d (%s) already has its configuration; "
