@@ -280,8 +280,10 @@ class SFTObjective:
                 metafeatures=self.metafeatures,
                 space=self.space,
             )
-        # Scores under two prompt formats are not comparable, so the study says which one its runs used.
-        record_prompt_format(study, self.tokenizer, self.dataset.system_prompt)
+        # Scores under two prompt formats are not comparable, so the study says which one its runs used
+        # (once: describe runs every trial, and the attributes were read above).
+        if contract.PROMPT_FORMAT not in attrs:
+            record_prompt_format(study, self.tokenizer, self.dataset.system_prompt)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every active parameter of the space (Optuna records them as the trial's params).
