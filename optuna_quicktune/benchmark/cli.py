@@ -69,6 +69,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--default-config", help="JSON of the default configuration (overrides the scenario's; a LoRA storage defaults to DEFAULT_LORA_CONFIG)")
     p.add_argument("--quicktune-kwargs", default="{}", help="JSON of extra QuickTuneSampler arguments")
     p.add_argument("--pruner-kwargs", default="{}", help="JSON of extra QuickTunePruner arguments (quicktune methods)")
+    p.add_argument("--meta-kwargs", default="{}", help='JSON of extra meta_train arguments for the folds\' surrogates (e.g. \'{"noise": "prefix"}\')')
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--out", default="results/bench", help="results folder (meta-training is cached in OUT/cache)")
     p.add_argument("--resume", action="store_true", help="keep the runs already in OUT/runs.jsonl (same settings) and run only the missing ones")
@@ -176,7 +177,8 @@ def run_bench(args: argparse.Namespace) -> int:
         meta_time_limit=args.meta_time_limit or None, n_reference=args.reference_size,
         portfolio_size=args.portfolio_size, top_k_first=args.top_k_first, jobs=args.jobs,
         quicktune_kwargs=_json_object(args.quicktune_kwargs, "--quicktune-kwargs"),
-        pruner_kwargs=_json_object(args.pruner_kwargs, "--pruner-kwargs"), progress=not args.no_progress, resume=args.resume,
+        pruner_kwargs=_json_object(args.pruner_kwargs, "--pruner-kwargs"),
+        meta_kwargs=_json_object(args.meta_kwargs, "--meta-kwargs"), progress=not args.no_progress, resume=args.resume,
     )
     result = run_benchmark(scenario, cfg, args.out)
     summary = result["summary"]["methods"]

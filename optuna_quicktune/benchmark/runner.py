@@ -62,6 +62,7 @@ class BenchConfig:
     jobs: int = 2
     quicktune_kwargs: dict[str, Any] = field(default_factory=dict)
     pruner_kwargs: dict[str, Any] = field(default_factory=dict)  # QuickTunePruner arguments
+    meta_kwargs: dict[str, Any] = field(default_factory=dict)  # meta_train arguments (the folds' surrogates)
     progress: bool = True
     audit: bool = False  # keep a ledger of every charge in each run's record (for tests)
     resume: bool = False  # keep the runs already in <out>/runs.jsonl (same settings), run the rest
@@ -90,10 +91,41 @@ class BenchConfig:
             if bad:
                 raise ValueError(f"{option}: {cls.__name__} has no argument(s) {bad} that the benchmark lets you set; "
                                  f"choose from {sorted(allowed)}.")
+        allowed = set(_meta_train_defaults()) - _META_SET_BY_BENCH
+        bad = sorted(set(self.meta_kwargs) - allowed)
+        if bad:
+            raise ValueError(f"meta_kwargs (--meta-kwargs): meta_train has no argument(s) {bad} that the benchmark lets "
+                             f"you set; choose from {sorted(allowed)}.")
 
 
 #: QuickTuneSampler arguments the benchmark sets itself (the fold's surrogate, the task, the seed).
 _SAMPLER_SET_BY_BENCH = {"surrogate", "metafeatures", "fidelity_max", "seed", "refit"}
+
+
+#: meta_train arguments the benchmark sets itself (--meta-steps, --meta-seed, --meta-time-limit).
+_META_SET_BY_BENCH = {"steps", "seed", "time_limit", "progress"}
+
+
+def _meta_train_defaults() -> dict[str, Any]:
+    import inspect
+
+    from optuna_quicktune.surrogate import meta_train
+
+    params = inspect.signature(meta_train).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _meta_settings(cfg: "BenchConfig") -> list[Any]:
+    """The fold surrogates' meta-training settings beyond steps, seed and time limit, for cache keys.
+
+    Empty while they are the ones every earlier cache was made with (constant noise), so that
+    those caches stay valid; any other value, given or a changed default, makes a new key.
+    """
+    noise = cfg.meta_kwargs.get("noise", _meta_train_defaults().get("noise", "constant"))
+    rest = {k: v for k, v in cfg.meta_kwargs.items() if k != "noise"}
+    if noise == "constant" and not rest:
+        return []
+    return [dict(rest, noise=noise)]
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:
@@ -172,17 +204,17 @@ def portfolio_table(md: MetaDataset) -> PortfolioTable:
 
 
 def _surrogate_dir(cache: Path, scenario: Scenario, cfg: BenchConfig, task: str, md_key: str) -> Path:
-    key = _hash(md_key, task, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed)
+    key = _hash(md_key, task, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, *_meta_settings(cfg))
     return cache / "surrogates" / f"{task}-{key}"
 
 
-def _train_fold(args: tuple[MetaDataset, str, int, int, float | None, str]) -> tuple[str, float]:
-    md, task, steps, seed, time_limit, directory = args
+def _train_fold(args: tuple[MetaDataset, str, int, int, float | None, str, dict[str, Any]]) -> tuple[str, float]:
+    md, task, steps, seed, time_limit, directory, kwargs = args
     from optuna_quicktune.surrogate import meta_train
 
     t0 = time.perf_counter()
     others = [i for i, t in enumerate(md.tasks) if t.name != task]
-    sur = meta_train(md.select_tasks(others), steps=steps, seed=seed, time_limit=time_limit)
+    sur = meta_train(md.select_tasks(others), steps=steps, seed=seed, time_limit=time_limit, **kwargs)
     tmp = directory + ".tmp"
     sur.save(tmp)
     os.replace(tmp, directory)
@@ -283,7 +315,7 @@ def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
     own: list[Any] = []
     if method.startswith("quicktune"):
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs,
-               cfg.pruner_kwargs, _quicktune_defaults()]
+               cfg.pruner_kwargs, _quicktune_defaults(), *_meta_settings(cfg)]
     elif method in PORTFOLIO_METHODS:
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size]
     elif method == "top-k-1step":
@@ -336,7 +368,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
             d = _surrogate_dir(cache, scenario, cfg, task, md_key)
             surrogates[task] = str(d)
             if not d.exists():
-                todo.append((md, task, cfg.meta_steps, cfg.meta_seed, cfg.meta_time_limit, str(d)))
+                todo.append((md, task, cfg.meta_steps, cfg.meta_seed, cfg.meta_time_limit, str(d), dict(cfg.meta_kwargs)))
         if todo:
             for task, secs in _map(_train_fold, todo, cfg.jobs, "meta-train folds", cfg.progress, init=_quiet):
                 fold_seconds[task] = secs

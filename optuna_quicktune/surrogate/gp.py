@@ -25,6 +25,20 @@ prediction for the task by the posterior of ``b``: a task on which the meta-lear
 by a constant is corrected after a few runs, however far apart the configurations are.
 The context rows are ``Z[:n_ctx]``; every row added by :meth:`Posterior.extended` is a target row.
 
+Observation noise: constant (``noise``) by default. A *heteroscedastic* GP (``ExactGP(hetero=True)``)
+reads each point's noise from its own embedding: the last column ``h`` of an embedding is a
+log-offset, ``noise(z) = softplus(raw_noise + h)``, and only the other columns enter the kernel.
+Why: a run's final score given 40 of its 50 epochs is far more certain than a fresh
+configuration's, and one shared noise level makes both equally uncertain (the predictive std is
+then the noise floor everywhere, and expected improvements compare means only).
+
+Mean: constant (``mean``) by default. With ``ExactGP(mean_offset=True)`` an embedding carries one
+more column, its point's offset ``m`` from that constant (``mean(z) = mean + m``), before the noise
+offset if there is one. Why: a run's score at the end of its curve is, to first order, its last
+observed score; a kernel on a learned embedding reproduces that identity only approximately (on
+LCBench its continuations were several accuracy points off where carrying the last value forward
+was within a fraction of one), so the mean carries it and the GP models the rest.
+
 The kernel is ``outputscale * r(||z - z'|| / lengthscale)`` with ``r`` the RBF or the Matérn 5/2
 correlation. Hyper-parameters are stored as unconstrained raw values and mapped through softplus
 so that gradient steps can never make them non-positive.
@@ -48,13 +62,16 @@ _UIDS = itertools.count()
 
 
 class ExactGP(nn.Module):
-    """Constant mean, scaled RBF/Matérn 5/2 kernel and Gaussian noise."""
+    """Constant mean, scaled RBF/Matérn 5/2 kernel and Gaussian noise (per point if ``hetero``)."""
 
-    def __init__(self, kernel: str = "rbf") -> None:
+    def __init__(self, kernel: str = "rbf", hetero: bool = False, mean_offset: bool = False) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}.")
         self.kernel = kernel
+        self.hetero = bool(hetero)
+        self.mean_offset = bool(mean_offset)
+        self.extra = int(self.hetero) + int(self.mean_offset)  # trailing embedding columns that are not features
         self.mean = nn.Parameter(torch.zeros(()))
         self.raw_outputscale = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus -> 1
         self.raw_lengthscale = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
@@ -72,7 +89,21 @@ class ExactGP(nn.Module):
     def noise(self) -> torch.Tensor:
         return nn.functional.softplus(self.raw_noise) + 1e-4
 
+    def point_noise(self, Z: torch.Tensor) -> torch.Tensor:
+        """The observation noise of each embedded point, shape ``(n,)``."""
+        if not self.hetero:
+            return self.noise.expand(Z.shape[0])
+        return nn.functional.softplus(self.raw_noise + Z[:, -1]) + 1e-4
+
+    def point_mean(self, Z: torch.Tensor) -> torch.Tensor:
+        """The prior mean of each embedded point, shape ``(n,)``."""
+        if not self.mean_offset:
+            return self.mean
+        return self.mean + Z[:, -self.extra]
+
     def covariance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.extra:  # the trailing offset columns are not kernel features
+            a, b = a[:, : a.shape[1] - self.extra], b[:, : b.shape[1] - self.extra]
         sq = torch.cdist(a / self.lengthscale, b / self.lengthscale).pow(2)
         if self.kernel == "rbf":
             corr = torch.exp(-0.5 * sq)
@@ -83,13 +114,18 @@ class ExactGP(nn.Module):
 
     def _chol(self, Z: torch.Tensor) -> torch.Tensor:
         K = self.covariance(Z, Z)
-        K = K + (self.noise + _JITTER) * torch.eye(Z.shape[0], dtype=Z.dtype)
-        return torch.linalg.cholesky(K)
+        return torch.linalg.cholesky(K + self.noise_matrix(Z))
+
+    def noise_matrix(self, Z: torch.Tensor) -> torch.Tensor:
+        """``diag(noise(Z) + jitter)``, the noise term of the covariance of observations at ``Z``."""
+        if not self.hetero:
+            return (self.noise + _JITTER) * torch.eye(Z.shape[0], dtype=Z.dtype)
+        return torch.diag(self.point_noise(Z).to(Z.dtype) + _JITTER)
 
     def marginal_log_likelihood(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y | Z) per point (so that losses of different batch sizes compare)."""
         L = self._chol(Z)
-        r = (y - self.mean).unsqueeze(-1)
+        r = (y - self.point_mean(Z)).unsqueeze(-1)
         a = torch.cholesky_solve(r, L)
         n = y.shape[0]
         mll = -0.5 * (r * a).sum() - torch.log(torch.diagonal(L)).sum() - 0.5 * n * math.log(2 * math.pi)
@@ -98,7 +134,7 @@ class ExactGP(nn.Module):
     def condition(self, Z: torch.Tensor, y: torch.Tensor) -> "Posterior":
         with torch.no_grad():
             L = self._chol(Z)
-            alpha = torch.cholesky_solve((y - self.mean).unsqueeze(-1), L).squeeze(-1)
+            alpha = torch.cholesky_solve((y - self.point_mean(Z)).unsqueeze(-1), L).squeeze(-1)
             eye = torch.eye(Z.shape[0], dtype=Z.dtype)
             K_inv = torch.cholesky_solve(eye, L)
         return Posterior(self, Z, y, alpha, K_inv)
@@ -207,7 +243,7 @@ class Posterior:
             n, m = self.Z.shape[0], z.shape[0]
             k12 = self.gp.covariance(self.Z, z)
             k12[self.n_ctx:] += self.tau2  # earlier study rows share the task effect with these
-            k22 = self.gp.covariance(z, z) + self.tau2 + (self.gp.noise + _JITTER) * torch.eye(m, dtype=z.dtype)
+            k22 = self.gp.covariance(z, z) + self.tau2 + self.gp.noise_matrix(z)
             a = self.K_inv @ k12
             S_inv = torch.cholesky_inverse(torch.linalg.cholesky(k22 - k12.T @ a))
             aS = a @ S_inv
@@ -220,7 +256,7 @@ class Posterior:
             Z = torch.cat([self.Z, z])
             y = y.to(self.y.dtype)
             y_all = torch.cat([self.y, y])
-            resid = y - (self.gp.mean + k12.T @ self.alpha)
+            resid = y - (self.gp.point_mean(z) + k12.T @ self.alpha)
             # alpha = K'^-1 (y' - mean) by the same block formula, O(n m).
             alpha = torch.cat([self.alpha - aS @ resid, S_inv @ resid])
             block = _Block(self.uid, z, a, S_inv, resid)
@@ -235,8 +271,8 @@ class Posterior:
         with torch.no_grad():
             k = self.gp.covariance(z, self.Z)
             k[:, self.n_ctx:] += self.tau2 * t[:, None]
-            mean = self.gp.mean + k @ self.alpha
-            var = self.gp.outputscale + self.tau2 * t - ((k @ self.K_inv) * k).sum(-1) + self.gp.noise
+            mean = self.gp.point_mean(z) + k @ self.alpha
+            var = self.gp.outputscale + self.tau2 * t - ((k @ self.K_inv) * k).sum(-1) + self.gp.point_noise(z)
         return QueryState.of(self.uid, z, k, mean, var, t)
 
     def advance(self, state: QueryState) -> QueryState | None:

@@ -60,14 +60,16 @@ class PerformanceSurrogate:
     """Deep-kernel GP over (configuration, curve prefix, budget, meta-features)."""
 
     def __init__(
-        self, dim_x: int, max_fidelity: int, dim_mf: int, *, hidden: int = 64, embedding: int = 16, kernel: str = "rbf"
+        self, dim_x: int, max_fidelity: int, dim_mf: int, *, hidden: int = 64, embedding: int = 16, kernel: str = "rbf",
+        noise: str = "constant", mean: str = "constant",
     ) -> None:
+        # Surrogates saved before these models existed have no "noise"/"mean" hparam: constant.
         self.hparams = {
             "dim_x": dim_x, "max_fidelity": max_fidelity, "dim_mf": dim_mf,
-            "hidden": hidden, "embedding": embedding, "kernel": kernel,
+            "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
         }
-        self.net = FeatureExtractor(dim_x, max_fidelity, dim_mf, hidden, embedding)
-        self.gp = ExactGP(kernel)
+        self.net = FeatureExtractor(dim_x, max_fidelity, dim_mf, hidden, embedding, noise, mean)
+        self.gp = ExactGP(kernel, hetero=noise == "prefix", mean_offset=mean == "last")
         self.context: Batch | None = None
         self.context_y: torch.Tensor | None = None
         self.n_context = 0

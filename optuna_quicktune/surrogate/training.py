@@ -138,6 +138,8 @@ def meta_train(
     time_limit: float | None = None,
     progress: bool | Callable[[int, dict[str, float]], None] = False,
     task_effect: bool = False,
+    noise: str = "constant",
+    mean: str = "constant",
 ) -> QuickTuneSurrogate:
     """Meta-train the performance and cost surrogates on every task of ``metadataset``.
 
@@ -153,6 +155,11 @@ def meta_train(
             every prediction for its task. Off by default: on LCBench (24 folds x 5 seeds) it
             helped on 6 tasks, hurt on 11 and was 0.076 against 0.074 final regret overall
             (docs/benchmarks.md, stop 12).
+        noise: ``"constant"`` (one observation noise for every point) or ``"prefix"`` (each point's
+            noise learned from how much of its run is known, so that a run's own long curve gives
+            a narrow prediction and a fresh configuration a wide one; see :mod:`.gp`).
+        mean: ``"constant"`` or ``"last"`` (a run with a curve prefix is predicted from its last
+            score, the GP modelling how it moves on; see :mod:`.gp`).
     """
     if len(metadataset.runs) == 0:
         raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
@@ -167,9 +174,10 @@ def meta_train(
         raise EmptyMetaDatasetError("Meta-training needs at least one training task with a learning curve.")
 
     dim_mf = len(prep.metafeature_names)
-    perf = PerformanceSurrogate(metadataset.space.dim, prep.max_fidelity, dim_mf, hidden=hidden, embedding=embedding, kernel=kernel)
+    perf = PerformanceSurrogate(metadataset.space.dim, prep.max_fidelity, dim_mf, hidden=hidden, embedding=embedding,
+                                kernel=kernel, noise=noise, mean=mean)
     cost = CostSurrogate(metadataset.space.dim, dim_mf, hidden=hidden)
-    opt = torch.optim.Adam(perf.parameters(), lr=learning_rate)
+    opt = torch.optim.Adam(_param_groups(perf, learning_rate))
     opt_cost = torch.optim.Adam(cost.parameters(), lr=learning_rate)
 
     val_rng = np.random.default_rng(seed + 1)
@@ -235,7 +243,7 @@ def meta_train(
         "history": history,
         "hyperparameters": {
             "steps": steps, "batch_size": batch_size, "context_size": context_size, "learning_rate": learning_rate,
-            "hidden": hidden, "embedding": embedding, "kernel": kernel,
+            "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
         },
     }
     # Calibrate the predictive std on validation tasks (context from training tasks only).
@@ -301,6 +309,19 @@ def fine_tune(
 
 
 # ---------------------------------------------------------------------- helpers
+_NOISE_LR_FACTOR = float(__import__("os").environ.get("QT_NOISE_LR", "10"))
+
+
+def _param_groups(perf: PerformanceSurrogate, learning_rate: float) -> list[dict[str, Any]]:
+    """One group, or two when the network has a noise head: the head starts at zero and has few
+    parameters, and at the shared rate it barely moves before early stopping keeps a step."""
+    heads = [h for h in (perf.net.noise, perf.net.mean) if h is not None]
+    if not heads:
+        return [{"params": perf.parameters(), "lr": learning_rate}]
+    head_params = [p for h in heads for p in h.parameters()]
+    ids = {id(p) for p in head_params}
+    rest = [p for p in perf.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": learning_rate}, {"params": head_params, "lr": learning_rate * _NOISE_LR_FACTOR}]
 def _pad_to(arrays: dict[str, np.ndarray], F: int) -> dict[str, np.ndarray]:
     out = dict(arrays)
     for k in ("Y", "C"):
