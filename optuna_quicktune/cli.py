@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="What to do when studies disagree on meta-feature names.")
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--time-limit", type=float, default=None, help="Stop meta-training after this many seconds.")
+    mt.add_argument("--noise", choices=["prefix", "constant"], default="prefix",
+                    help="Observation noise per point from how much of its run is known, or one level for every point (the older model).")
+    mt.add_argument("--mean", choices=["last", "constant"], default="last",
+                    help="Predict a run with a curve prefix from its last score, or from a constant prior mean.")
     mt.set_defaults(func=_meta_train)
 
     ins = sub.add_parser("inspect", help="Show what a saved surrogate was trained on and how well it validated.")
@@ -134,7 +138,7 @@ def _meta_train(args: argparse.Namespace) -> int:
 
     md = MetaDataset.from_storage(args.storage, args.studies, metafeatures=args.metafeatures)
     print(f"Read {md}")
-    s = meta_train(md, steps=args.steps, context_size=args.context_size, seed=args.seed,
+    s = meta_train(md, steps=args.steps, context_size=args.context_size, seed=args.seed, noise=args.noise, mean=args.mean,
                    time_limit=args.time_limit, progress=True)
     s.save(args.out)
     print(f"Saved to {args.out} ({s.info['train_seconds']} s). Validation: {s.info.get('validation', 'no held-out task')}")

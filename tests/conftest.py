@@ -40,6 +40,15 @@ def surrogate(train_md):
 
 
 @pytest.fixture(scope="session")
+def constant_surrogate(train_md):
+    """The model before stop 16 (one noise level, constant mean): its wider continuation intervals
+    make the simulated family's paused runs worth resuming within a short study."""
+    from optuna_quicktune.surrogate import meta_train
+
+    return meta_train(train_md, steps=300, seed=0, noise="constant", mean="constant")
+
+
+@pytest.fixture(scope="session")
 def surrogate_dir(surrogate, tmp_path_factory):
     d = tmp_path_factory.mktemp("surrogate")
     surrogate.save(str(d))

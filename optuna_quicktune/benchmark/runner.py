@@ -118,14 +118,15 @@ def _meta_train_defaults() -> dict[str, Any]:
 def _meta_settings(cfg: "BenchConfig") -> list[Any]:
     """The fold surrogates' meta-training settings beyond steps, seed and time limit, for cache keys.
 
-    Empty while they are the ones every earlier cache was made with (constant noise), so that
-    those caches stay valid; any other value, given or a changed default, makes a new key.
+    Empty for the models every cache before stop 16 was made with (constant noise and mean), so
+    those caches stay valid; any other setting, given or a changed default, makes a new key.
     """
-    noise = cfg.meta_kwargs.get("noise", _meta_train_defaults().get("noise", "constant"))
-    rest = {k: v for k, v in cfg.meta_kwargs.items() if k != "noise"}
-    if noise == "constant" and not rest:
+    defaults = _meta_train_defaults()
+    models = {k: cfg.meta_kwargs.get(k, defaults.get(k, "constant")) for k in ("noise", "mean")}
+    rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models}
+    if set(models.values()) == {"constant"} and not rest:
         return []
-    return [dict(rest, noise=noise)]
+    return [dict(rest, **models)]
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:
