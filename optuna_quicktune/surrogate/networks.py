@@ -31,14 +31,20 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
 
 
+def _neutral_mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """An MLP whose output starts at exactly zero, so a head starts at its neutral value."""
+    net = _mlp(n_in, hidden, n_out)
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
 class NoiseHead(nn.Module):
     """Log-offset of a point's observation noise from (prefix fraction, budget fraction)."""
 
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
-        self.net = _mlp(4, hidden, 1)
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = _neutral_mlp(4, hidden, 1)
 
     def forward(self, b: Batch) -> torch.Tensor:
         p, s = b.curve[:, -1:], b.budget
@@ -54,9 +60,7 @@ class MeanHead(nn.Module):
 
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
-        self.net = _mlp(3, hidden, 2)
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = _neutral_mlp(3, hidden, 2)
 
     def forward(self, b: Batch) -> torch.Tensor:
         p, s, last = b.curve[:, -1:], b.budget, b.curve[:, -2:-1]
