@@ -282,8 +282,8 @@ class Decision:
             key = (self.surrogate.view_id, "resume", self._mf_key(), self.fidelity_max, self.sign,
                    tuple((v.number, len(v.prefix)) for v in views))
             mean, std, cost = self.cache.get(key, lambda: self.predict_horizon(X, prefixes, steps=steps))
-        else:
-            mean, std, cost = self.predict_horizon(X, prefixes, steps=steps)
+        else:  # a running trial's curve grows at every call: its rows are never asked for again
+            mean, std, cost = self.predict_horizon(X, prefixes, steps=steps, cache=False)
         target = self.targets(prefixes)
         incumbents = {int(b): self.state.incumbent(int(b)) for b in np.unique(target)}
         inc = np.array([incumbents[int(b)] for b in target])
@@ -303,6 +303,7 @@ class Decision:
 
     def predict_horizon(
         self, X: np.ndarray, prefixes: Sequence[np.ndarray], steps: np.ndarray | None = None, pool: Pool | None = None,
+        cache: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sign-adjusted mean and std at each action's target fidelity, and the cost to get there.
 
@@ -313,7 +314,7 @@ class Decision:
         target = self.targets(prefixes)
         key = None if pool is None else ("pool", pool.key, self._mf_key(), fmax, self.sign, self.settings.horizon)
         mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign,
-                              query_key=key)
+                              query_key=key, cache=cache)
         start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
         if steps is None:
             steps = self.pool_step_costs() if pool is self.pool else self.config_step_costs(X)

@@ -28,7 +28,7 @@ from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.surrogate.gp import ExactGP, Posterior
 from optuna_quicktune.surrogate.networks import CostNet, FeatureExtractor
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
-from optuna_quicktune.surrogate.query_cache import QueryCache
+from optuna_quicktune.surrogate.query_cache import QueryCache, task_rows
 
 if TYPE_CHECKING:
     from optuna_quicktune.portfolio import PortfolioTable
@@ -117,6 +117,12 @@ class PerformanceSurrogate:
         with torch.no_grad():
             mean, var = self.queries.predict(self.posterior(), b, self.embed)
         return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
+
+    def predict_z_once(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_z` without the query cache (rows not asked for again)."""
+        with torch.no_grad():
+            q = self.posterior().query(self.embed(b), task_rows(b))
+        return q.mean.numpy(), np.sqrt(q.var.clamp_min(1e-9).numpy()) * self.std_scale
 
     def predict_z_set(self, key: Hashable, make_batch: Callable[[], Batch]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_z` of a fixed row set named by ``key`` (see :class:`QueryCache`)."""
@@ -292,12 +298,15 @@ class QuickTuneSurrogate:
         metafeatures: Mapping[str, float] | np.ndarray | None,
         sign: float = 1.0,
         query_key: Hashable | None = None,
+        cache: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted mean and std of the score at ``target`` in the metric's own units and direction.
 
         ``query_key``: a name the caller gives this exact set of inputs when it predicts the same
         set under several views (the sampler's pool); its predictions then follow the views
         without being recomputed. Never reuse a key for other inputs.
+        ``cache=False``: rows that will not be asked for again (a running trial's curve, one step
+        longer at every pruner call); adding them to the row cache costs a copy of all its rows.
         """
         def make() -> Batch:
             return self.batch(X, prefixes, target, fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
@@ -305,6 +314,8 @@ class QuickTuneSurrogate:
         with single_thread():
             if query_key is not None:
                 mz, sz = self.performance.predict_z_set(query_key, make)
+            elif not cache:
+                mz, sz = self.performance.predict_z_once(make())
             else:
                 mz, sz = self.performance.predict_z(make())
         return self.prep.y(mz, sign), sz * self.prep.y_std
