@@ -183,3 +183,18 @@ def test_query_cache_is_bounded_and_still_exact(family, surrogate):
         assert len(small) <= 10 + 8
     small.clear()
     assert len(small) == 0
+
+
+def test_uncached_predictions_equal_cached_ones_and_leave_the_cache_alone(family, surrogate):
+    task = family.tasks[-1]
+    kw = dict(fidelity_max=surrogate.max_fidelity, metafeatures=task.metafeatures)
+    view = surrogate.conditioned_on(surrogate.space.encode_many(surrogate.space.sample(2, 7)), np.array([1, 2]),
+                                    np.array([0.3, 0.5]), **kw)
+    X = view.space.encode_many(view.space.sample(5, 8))
+    prefixes = [np.linspace(0.1, 0.4, k) for k in (1, 2, 3, 4, 5)]
+    before = len(view.performance.queries)
+    once = view.predict(X, prefixes, surrogate.max_fidelity, cache=False, **kw)
+    assert len(view.performance.queries) == before
+    cached = view.predict(X, prefixes, surrogate.max_fidelity, **kw)
+    np.testing.assert_allclose(once[0], cached[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(once[1], cached[1], rtol=1e-6, atol=1e-6)
