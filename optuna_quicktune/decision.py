@@ -139,11 +139,10 @@ def local_candidates(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n
     if not centres or n < 1:
         return []
     rng = np.random.default_rng(list(seed))
-    out = []
-    for i in range(n):
-        x = space.encode(centres[i % len(centres)])
-        out.append(space.decode(np.clip(x + rng.normal(0.0, scale, x.shape), 0.0, 1.0)))
-    return out
+    X = space.encode_many([centres[i % len(centres)] for i in range(len(centres))])
+    # One draw of (n, d) is the same stream as n draws of d: the candidates do not depend on this.
+    steps = rng.normal(0.0, scale, (n, X.shape[1]))
+    return [space.decode(np.clip(X[i % len(centres)] + steps[i], 0.0, 1.0)) for i in range(n)]
 
 
 @dataclass(frozen=True)
