@@ -1,0 +1,71 @@
+"""How well a surrogate predicts a run's later score from its own curve, by prefix length (docs/benchmarks.md, stop 16).
+
+Why: the pruner compares a running trial's predicted end with fresh candidates, so what matters is
+the error and the calibration of predictions *given a curve prefix*, which the zero-shot held-out
+figures (fresh configurations only) do not show. For one LCBench task, this meta-trains the fold's
+surrogate on the other tasks of the benchmark's meta-table (``meta_train`` with the given models),
+samples (run, prefix, later step) tuples of the held-out task and reports, per prefix bin, the mean
+absolute error, the mean predicted std and the 90 % interval coverage, in the metric's units; and
+the error of carrying the last observed score forward to the final one.
+
+Usage (after ``quicktune bench --lcbench DIR --out OUT``, whose ``cache/`` holds the meta-table)::
+
+    python tools/prefix_calibration.py --lcbench ../shared/benchmarks/yahpo-lcbench --out OUT --task 126025 \
+        --noise prefix --mean last
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+_BINS = ((0.0, 0.0), (0.0, 0.2), (0.2, 0.5), (0.5, 0.8), (0.8, 1.01))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lcbench", required=True, help="the YAHPO LCBench folder")
+    p.add_argument("--out", required=True, help="the results folder of a quicktune bench run (its cache/)")
+    p.add_argument("--task", required=True, help="the held-out task")
+    p.add_argument("--noise", default="prefix", choices=["prefix", "constant"])
+    p.add_argument("--mean", default="last", choices=["last", "constant"])
+    p.add_argument("--steps", type=int, default=400, help="meta-training steps (the benchmark's default)")
+    p.add_argument("--tuples", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=7)
+    a = p.parse_args()
+
+    from optuna_quicktune.benchmark import yahpo
+    from optuna_quicktune.benchmark.runner import BenchConfig, meta_table
+    from optuna_quicktune.surrogate import meta_train
+    from optuna_quicktune.surrogate.training import TrainingTuples
+
+    md = meta_table(yahpo.lcbench(a.lcbench), BenchConfig(), Path(a.out) / "cache")
+    held = [i for i, t in enumerate(md.tasks) if t.name == a.task]
+    if not held:
+        raise SystemExit(f"Task {a.task!r} is not in the meta-table ({[t.name for t in md.tasks]}).")
+    others = [i for i, t in enumerate(md.tasks) if t.name != a.task]
+    sur = meta_train(md.select_tasks(others), steps=a.steps, seed=0, noise=a.noise, mean=a.mean)
+    data = TrainingTuples(md.arrays(), sur.prep)
+    b, y = data.sample(held, a.tuples, np.random.default_rng(a.seed))
+    m, sd = sur.performance.predict_z(b)
+    frac = b.curve[:, -1].numpy()
+    err, scale = np.abs(y - m), sur.prep.y_std
+    print(f"task {a.task}, noise={a.noise}, mean={a.mean}: error / predicted std / 90 % coverage ({scale:.2f} per z unit)")
+    for lo, hi in _BINS:
+        k = frac == 0 if hi == 0.0 else (frac > lo if lo == 0.0 else frac >= lo) & (frac < hi)
+        name = "fresh" if hi == 0.0 else f"prefix {lo:.1f}-{min(hi, 1.0):.1f}"
+        print(f"  {name:16s} n={int(k.sum()):5d}  {err[k].mean() * scale:6.2f} / {sd[k].mean() * scale:6.2f} / "
+              f"{np.mean(err[k] <= 1.6449 * sd[k]):.2f}")
+    Y = md.arrays()["Y"][md.arrays()["task"] == held[0]]
+    F = Y.shape[1]
+    for lo, hi in _BINS[1:]:
+        steps = [s for s in range(1, F) if lo <= s / F < hi]
+        if steps:
+            e = np.mean([np.nanmean(np.abs(Y[:, F - 1] - Y[:, s - 1])) for s in steps])
+            print(f"  last score carried forward to the final one, prefix {lo:.1f}-{min(hi, 1.0):.1f}: error {e:.2f}")
+
+
+if __name__ == "__main__":
+    main()
