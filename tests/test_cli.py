@@ -16,6 +16,14 @@ def test_meta_train_and_inspect(family, tmp_path, capsys):
     assert main(["inspect", str(out), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.split("\n", 0)[0].split("Saved to")[-1].split("\n", 1)[1])
     assert record["space"]["name"] == "lora-v1" and len(record["tasks"]) == 3
+    from optuna_quicktune.surrogate import load
+
+    assert load(str(out)).performance.hparams["noise"] == "prefix"  # the default model
+    old = tmp_path / "old"
+    assert main(["meta-train", "--storage", storage, "--out", str(old), "--steps", "5", "--noise", "constant",
+                 "--mean", "constant"]) == 0
+    hp = load(str(old)).performance.hparams
+    assert (hp["noise"], hp["mean"]) == ("constant", "constant")
 
 
 def test_errors_are_one_line_and_help_is_useful(tmp_path, capsys):
