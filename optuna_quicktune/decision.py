@@ -139,7 +139,7 @@ def local_candidates(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n
     if not centres or n < 1:
         return []
     rng = np.random.default_rng(list(seed))
-    X = space.encode_many([centres[i % len(centres)] for i in range(len(centres))])
+    X = space.encode_many(list(centres))
     # One draw of (n, d) is the same stream as n draws of d: the candidates do not depend on this.
     steps = rng.normal(0.0, scale, (n, X.shape[1]))
     return [space.decode(np.clip(X[i % len(centres)] + steps[i], 0.0, 1.0)) for i in range(n)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-_BINS = ((0.0, 0.0), (0.0, 0.2), (0.2, 0.5), (0.5, 0.8), (0.8, 1.01))
+_BINS = ((0.0, 0.2), (0.2, 0.5), (0.5, 0.8), (0.8, 1.01))  # prefix fractions of prefixed tuples
 
 
 def main() -> None:
@@ -29,8 +29,10 @@ def main() -> None:
     p.add_argument("--lcbench", required=True, help="the YAHPO LCBench folder")
     p.add_argument("--out", required=True, help="the results folder of a quicktune bench run (its cache/)")
     p.add_argument("--task", required=True, help="the held-out task")
-    p.add_argument("--noise", default="prefix", choices=["prefix", "constant"])
-    p.add_argument("--mean", default="last", choices=["last", "constant"])
+    from optuna_quicktune.surrogate.networks import MEAN_MODELS, NOISE_MODELS
+
+    p.add_argument("--noise", default="prefix", choices=NOISE_MODELS)
+    p.add_argument("--mean", default="last", choices=MEAN_MODELS)
     p.add_argument("--steps", type=int, default=400, help="meta-training steps (the benchmark's default)")
     p.add_argument("--tuples", type=int, default=4000)
     p.add_argument("--seed", type=int, default=7)
@@ -47,20 +49,22 @@ def main() -> None:
         raise SystemExit(f"Task {a.task!r} is not in the meta-table ({[t.name for t in md.tasks]}).")
     others = [i for i, t in enumerate(md.tasks) if t.name != a.task]
     sur = meta_train(md.select_tasks(others), steps=a.steps, seed=0, noise=a.noise, mean=a.mean)
-    data = TrainingTuples(md.arrays(), sur.prep)
+    arrays = md.arrays()
+    data = TrainingTuples(arrays, sur.prep)
     b, y = data.sample(held, a.tuples, np.random.default_rng(a.seed))
     m, sd = sur.performance.predict_z(b)
     frac = b.curve[:, -1].numpy()
     err, scale = np.abs(y - m), sur.prep.y_std
     print(f"task {a.task}, noise={a.noise}, mean={a.mean}: error / predicted std / 90 % coverage ({scale:.2f} per z unit)")
-    for lo, hi in _BINS:
-        k = frac == 0 if hi == 0.0 else (frac > lo if lo == 0.0 else frac >= lo) & (frac < hi)
-        name = "fresh" if hi == 0.0 else f"prefix {lo:.1f}-{min(hi, 1.0):.1f}"
+    groups = [("fresh", frac == 0)] + [
+        (f"prefix {lo:.1f}-{min(hi, 1.0):.1f}", (frac > 0) & (frac >= lo) & (frac < hi)) for lo, hi in _BINS
+    ]
+    for name, k in groups:
         print(f"  {name:16s} n={int(k.sum()):5d}  {err[k].mean() * scale:6.2f} / {sd[k].mean() * scale:6.2f} / "
               f"{np.mean(err[k] <= 1.6449 * sd[k]):.2f}")
-    Y = md.arrays()["Y"][md.arrays()["task"] == held[0]]
+    Y = arrays["Y"][arrays["task"] == held[0]]
     F = Y.shape[1]
-    for lo, hi in _BINS[1:]:
+    for lo, hi in _BINS:
         steps = [s for s in range(1, F) if lo <= s / F < hi]
         if steps:
             e = np.mean([np.nanmean(np.abs(Y[:, F - 1] - Y[:, s - 1])) for s in steps])

@@ -107,12 +107,9 @@ _META_SET_BY_BENCH = {"steps", "seed", "time_limit", "progress"}
 
 
 def _meta_train_defaults() -> dict[str, Any]:
-    import inspect
-
     from optuna_quicktune.surrogate import meta_train
 
-    params = inspect.signature(meta_train).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return _defaults(meta_train)
 
 
 def _meta_settings(cfg: "BenchConfig") -> list[Any]:
@@ -131,9 +128,13 @@ def _meta_settings(cfg: "BenchConfig") -> list[Any]:
 
 def _init_defaults(cls: type) -> dict[str, Any]:
     """The keyword arguments of ``cls.__init__`` that have defaults, with them."""
+    return _defaults(cls.__init__)
+
+
+def _defaults(fn: Any) -> dict[str, Any]:
     import inspect
 
-    params = inspect.signature(cls.__init__).parameters.values()
+    params = inspect.signature(fn).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 

@@ -112,17 +112,18 @@ class PerformanceSurrogate:
             self._posterior = post
         return self._posterior
 
-    def predict_z(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of the normalised score (calibrated by ``std_scale``)."""
-        with torch.no_grad():
-            mean, var = self.queries.predict(self.posterior(), b, self.embed)
-        return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
+    def predict_z(self, b: Batch, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the normalised score (calibrated by ``std_scale``).
 
-    def predict_z_once(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`predict_z` without the query cache (rows not asked for again)."""
+        ``cache=False`` skips the query cache, for rows that will not be asked for again.
+        """
         with torch.no_grad():
-            q = self.posterior().query(self.embed(b), task_rows(b))
-        return q.mean.numpy(), np.sqrt(q.var.clamp_min(1e-9).numpy()) * self.std_scale
+            if cache:
+                mean, var = self.queries.predict(self.posterior(), b, self.embed)
+            else:
+                q = self.posterior().query(self.embed(b), task_rows(b))
+                mean, var = q.mean, q.var.clamp_min(1e-9)
+        return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
 
     def predict_z_set(self, key: Hashable, make_batch: Callable[[], Batch]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_z` of a fixed row set named by ``key`` (see :class:`QueryCache`)."""
@@ -314,10 +315,8 @@ class QuickTuneSurrogate:
         with single_thread():
             if query_key is not None:
                 mz, sz = self.performance.predict_z_set(query_key, make)
-            elif not cache:
-                mz, sz = self.performance.predict_z_once(make())
             else:
-                mz, sz = self.performance.predict_z(make())
+                mz, sz = self.performance.predict_z(make(), cache=cache)
         return self.prep.y(mz, sign), sz * self.prep.y_std
 
     def predict_cost(

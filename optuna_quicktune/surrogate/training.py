@@ -326,6 +326,8 @@ def _param_groups(perf: PerformanceSurrogate, learning_rate: float) -> list[dict
     ids = {id(p) for p in head_params}
     rest = [p for p in perf.parameters() if id(p) not in ids]
     return [{"params": rest, "lr": learning_rate}, {"params": head_params, "lr": learning_rate * _HEAD_LR_FACTOR}]
+
+
 def _pad_to(arrays: dict[str, np.ndarray], F: int) -> dict[str, np.ndarray]:
     out = dict(arrays)
     for k in ("Y", "C"):
