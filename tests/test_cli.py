@@ -18,12 +18,15 @@ def test_meta_train_and_inspect(family, tmp_path, capsys):
     assert record["space"]["name"] == "lora-v1" and len(record["tasks"]) == 3
     from optuna_quicktune.surrogate import load
 
-    assert load(str(out)).performance.hparams["noise"] == "prefix"  # the default model
+    new = load(str(out))
+    assert new.performance.hparams["noise"] == "prefix"  # the default model
+    assert new.info["hyperparameters"]["residual"] is True and "residual" in new.info["validation"]
     old = tmp_path / "old"
     assert main(["meta-train", "--storage", storage, "--out", str(old), "--steps", "5", "--noise", "constant",
-                 "--mean", "constant"]) == 0
-    hp = load(str(old)).performance.hparams
-    assert (hp["noise"], hp["mean"]) == ("constant", "constant")
+                 "--mean", "constant", "--residual", "off"]) == 0
+    back = load(str(old))
+    assert (back.performance.hparams["noise"], back.performance.hparams["mean"]) == ("constant", "constant")
+    assert back.performance.gp.resid_share == 0.0 and "residual" not in back.info["validation"]
 
 
 def test_errors_are_one_line_and_help_is_useful(tmp_path, capsys):

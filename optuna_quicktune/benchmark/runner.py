@@ -120,7 +120,9 @@ def _meta_settings(cfg: "BenchConfig") -> list[Any]:
     """
     defaults = _meta_train_defaults()
     models = {k: cfg.meta_kwargs.get(k, defaults.get(k, "constant")) for k in ("noise", "mean")}
-    rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models}
+    if cfg.meta_kwargs.get("residual", defaults.get("residual", False)):
+        models["residual"] = True  # stop 17; absent when off, so stop-16 keys stay as they were
+    rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models and k != "residual"}
     if set(models.values()) == {"constant"} and not rest:
         return []
     return [dict(rest, **models)]

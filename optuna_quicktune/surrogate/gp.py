@@ -39,6 +39,20 @@ observed score; a kernel on a learned embedding reproduces that identity only ap
 LCBench its continuations were several accuracy points off where carrying the last value forward
 was within a fraction of one), so the mean carries it and the GP models the rest.
 
+Residual correlation on the target task: what the meta-learned kernel cannot explain of a fresh
+configuration's score is observation noise to the GP, ``noise(z)``, independent between points. On
+one task it is not: two similar configurations (and the same configuration at two nearby budgets)
+miss the meta-learned prediction by similar amounts. With ``set_residual(share, ...)`` a share
+``omega`` of a target point's noise becomes a process correlated over its raw inputs ``u`` (the
+configuration's encoding and the budget fraction, carried as the *leading* columns of its
+embedding):
+    k_T(u, v) = omega * sqrt(noise(u) noise(v)) * exp(-0.5 ||(u - v) / ell||^2)   (target rows only),
+    noise_T(u) = (1 - omega) * noise(u),
+so every target point's prior variance is unchanged (calibration stays) while the study's own runs
+now inform the configurations near them. ``omega = 0`` is the model without it.
+``omega`` and ``ell`` are estimated after meta-training by the marginal likelihood of held-out tasks'
+zero-shot residuals (:mod:`.residual`), not fitted on the target.
+
 The kernel is ``outputscale * r(||z - z'|| / lengthscale)`` with ``r`` the RBF or the Matérn 5/2
 correlation. Hyper-parameters are stored as unconstrained raw values and mapped through softplus
 so that gradient steps can never make them non-positive.
@@ -76,6 +90,30 @@ class ExactGP(nn.Module):
         self.raw_outputscale = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus -> 1
         self.raw_lengthscale = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
         self.raw_noise = nn.Parameter(torch.tensor(-2.0))  # softplus -> ~0.13
+        # Residual correlation (see the module notes): not gradient-trained, set after meta-training.
+        self.lead = 0  # leading embedding columns (raw configuration, budget fraction); 0: none
+        self.resid_share = 0.0
+        self.resid_inv_scale: torch.Tensor | None = None  # (lead,) 1 / lengthscale per leading column
+
+    def set_residual(self, share: float, inv_scale: "torch.Tensor | list[float]") -> None:
+        """Turn the target-task residual correlation on (``share > 0``) or off (``share = 0``)."""
+        share = float(share)
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"The residual share must be in [0, 1), got {share}.")
+        inv = torch.as_tensor(inv_scale, dtype=torch.float64).reshape(-1)
+        self.resid_share = share
+        self.resid_inv_scale = inv if share > 0 else None
+        self.lead = int(inv.shape[0]) if share > 0 else 0
+
+    def residual_cov(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | float:
+        """``k_T(a, b)`` between target rows ``a`` and ``b`` (0 when the residual model is off)."""
+        if not self.resid_share:
+            return 0.0
+        assert self.resid_inv_scale is not None
+        ua, ub = a[:, : self.lead] * self.resid_inv_scale, b[:, : self.lead] * self.resid_inv_scale
+        corr = torch.exp(-0.5 * torch.cdist(ua, ub).pow(2))
+        scale = torch.sqrt(self.point_noise(a)[:, None] * self.point_noise(b)[None, :])
+        return self.resid_share * scale * corr
 
     @property
     def outputscale(self) -> torch.Tensor:
@@ -102,8 +140,8 @@ class ExactGP(nn.Module):
         return self.mean + Z[:, -self.extra]
 
     def covariance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if self.extra:  # the trailing offset columns are not kernel features
-            a, b = a[:, : a.shape[1] - self.extra], b[:, : b.shape[1] - self.extra]
+        if self.extra or self.lead:  # leading raw inputs and trailing offset columns are not kernel features
+            a, b = a[:, self.lead : a.shape[1] - self.extra], b[:, self.lead : b.shape[1] - self.extra]
         sq = torch.cdist(a / self.lengthscale, b / self.lengthscale).pow(2)
         if self.kernel == "rbf":
             corr = torch.exp(-0.5 * sq)
@@ -116,11 +154,16 @@ class ExactGP(nn.Module):
         K = self.covariance(Z, Z)
         return torch.linalg.cholesky(K + self.noise_matrix(Z))
 
-    def noise_matrix(self, Z: torch.Tensor) -> torch.Tensor:
-        """``diag(noise(Z) + jitter)``, the noise term of the covariance of observations at ``Z``."""
+    def noise_matrix(self, Z: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """``diag(noise(Z) + jitter)``, the noise term of the covariance of observations at ``Z``.
+
+        ``target``: the rows are the target task's, whose noise keeps only ``1 - omega`` (the rest
+        is the residual process, :meth:`residual_cov`).
+        """
+        keep = 1.0 - self.resid_share if target else 1.0
         if not self.hetero:
-            return (self.noise + _JITTER) * torch.eye(Z.shape[0], dtype=Z.dtype)
-        return torch.diag(self.point_noise(Z).to(Z.dtype) + _JITTER)
+            return (keep * self.noise + _JITTER) * torch.eye(Z.shape[0], dtype=Z.dtype)
+        return torch.diag(keep * self.point_noise(Z).to(Z.dtype) + _JITTER)
 
     def marginal_log_likelihood(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y | Z) per point (so that losses of different batch sizes compare)."""
@@ -232,6 +275,10 @@ class Posterior:
             raise ValueError("The task effect is set on the context posterior, before study rows are added.")
         return Posterior(self.gp, self.Z, self.y, self.alpha, self.K_inv, (), self.n_ctx, tau2)
 
+    def target_cov(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | float:
+        """What two target-task rows share beyond the meta-learned kernel: task effect and residual."""
+        return self.tau2 + self.gp.residual_cov(a, b)
+
     def extended(self, z: torch.Tensor, y: torch.Tensor) -> "Posterior":
         """The posterior after also observing ``y`` at ``z``, without refactorising the context.
 
@@ -242,8 +289,8 @@ class Posterior:
         with torch.no_grad():
             n, m = self.Z.shape[0], z.shape[0]
             k12 = self.gp.covariance(self.Z, z)
-            k12[self.n_ctx:] += self.tau2  # earlier study rows share the task effect with these
-            k22 = self.gp.covariance(z, z) + self.tau2 + self.gp.noise_matrix(z)
+            k12[self.n_ctx:] += self.target_cov(self.Z[self.n_ctx:], z)  # earlier study rows: same task
+            k22 = self.gp.covariance(z, z) + self.target_cov(z, z) + self.gp.noise_matrix(z, target=True)
             a = self.K_inv @ k12
             S_inv = torch.cholesky_inverse(torch.linalg.cholesky(k22 - k12.T @ a))
             aS = a @ S_inv
@@ -270,7 +317,7 @@ class Posterior:
         t = torch.ones(z.shape[0], dtype=z.dtype) if target is None else target.to(z.dtype)
         with torch.no_grad():
             k = self.gp.covariance(z, self.Z)
-            k[:, self.n_ctx:] += self.tau2 * t[:, None]
+            k[:, self.n_ctx:] += t[:, None] * self.target_cov(z, self.Z[self.n_ctx:])
             mean = self.gp.point_mean(z) + k @ self.alpha
             var = self.gp.outputscale + self.tau2 * t - ((k @ self.K_inv) * k).sum(-1) + self.gp.point_noise(z)
         return QueryState.of(self.uid, z, k, mean, var, t)
@@ -285,7 +332,7 @@ class Posterior:
         cols, n, mean, var = state.cols, state.n, state.mean, state.var
         with torch.no_grad():
             for b in self.lineage[start:]:
-                k2 = self.gp.covariance(state.z, b.z) + self.tau2 * state.target[:, None]
+                k2 = self.gp.covariance(state.z, b.z) + state.target[:, None] * self.target_cov(state.z, b.z)
                 kt = k2 - cols.data[:, :n] @ b.a
                 B = kt @ b.S_inv
                 mean = mean + B @ b.resid

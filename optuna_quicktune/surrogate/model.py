@@ -85,7 +85,18 @@ class PerformanceSurrogate:
         return list(self.net.parameters()) + list(self.gp.parameters())
 
     def embed(self, b: Batch) -> torch.Tensor:
-        return self.net(b).double()
+        z = self.net(b).double()
+        if self.gp.lead:  # the residual kernel's raw inputs lead (see gp.py, "Residual correlation")
+            z = torch.cat([b.x.double(), b.budget.double(), z], 1)
+        return z
+
+    def set_residual(self, share: float, inv_scale: "torch.Tensor | Sequence[float]") -> None:
+        """Target-task residual correlation (``inv_scale``: per configuration dimension, then budget)."""
+        inv = torch.as_tensor(inv_scale, dtype=torch.float64).reshape(-1)
+        if share > 0 and inv.shape[0] != self.hparams["dim_x"] + 1:
+            raise ValueError(f"inv_scale needs {self.hparams['dim_x'] + 1} entries (configuration, budget), got {inv.shape[0]}.")
+        self.gp.set_residual(share, inv)
+        self.invalidate()
 
     def loss(self, b: Batch, y: torch.Tensor) -> torch.Tensor:
         """Negative exact marginal log-likelihood (per point) of the batch."""

@@ -50,7 +50,9 @@ def save(s: QuickTuneSurrogate, directory: str | Path) -> Path:
         "torch_version": torch.__version__,
         "space": s.space.to_json(),
         "preprocessing": s.prep.to_json(),
-        "performance": {"hparams": perf.hparams, "std_scale": perf.std_scale, "task_effect": perf.task_effect},
+        "performance": {"hparams": perf.hparams, "std_scale": perf.std_scale, "task_effect": perf.task_effect,
+                        "residual": {"share": perf.gp.resid_share,
+                                     "inv_scale": [] if perf.gp.resid_inv_scale is None else perf.gp.resid_inv_scale.tolist()}},
         "cost": {"hparams": s.cost.hparams, "trained": s.cost.trained},
         "info": s.info,
     }
@@ -104,6 +106,9 @@ def load(directory: str | Path) -> QuickTuneSurrogate:
         perf.std_scale = float(config["performance"]["std_scale"])
         # Surrogates saved before the task effect existed have none (0): they predict as they did.
         perf.task_effect = float(config["performance"].get("task_effect", 0.0))
+        # ... and before the residual correlation: none (share 0), so again the same predictions.
+        resid = config["performance"].get("residual") or {"share": 0.0, "inv_scale": []}
+        perf.set_residual(float(resid["share"]), [float(v) for v in resid["inv_scale"]])
         cost = CostSurrogate(**config["cost"]["hparams"])
         cost.trained = bool(config["cost"]["trained"])
     except (KeyError, TypeError, ValueError) as e:

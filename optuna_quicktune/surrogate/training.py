@@ -32,6 +32,7 @@ from optuna_quicktune.errors import EmptyMetaDatasetError
 from optuna_quicktune.metadataset import MetaDataset
 from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, single_thread
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
+from optuna_quicktune.surrogate.residual import estimate_residual, validation_rows
 
 __all__ = ["meta_train", "fine_tune", "TrainingTuples"]
 
@@ -82,6 +83,15 @@ class TrainingTuples:
         pick = idx[rng.integers(0, len(idx), size=n)]
         runs, s = pick[:, 0], pick[:, 1] + 1
         return self._build(runs, s, np.zeros(n, dtype=np.int64)), self.logc[runs, s - 1]
+
+    def fresh_rows(self, task: int, n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
+        """Up to ``n`` runs of ``task`` with no prefix, half at their last step, half at a random one."""
+        runs = self.runs_by_task[task]
+        if len(runs) > n:
+            runs = np.sort(rng.choice(runs, size=n, replace=False))
+        L = self.lengths[runs]
+        s = np.where(rng.random(len(runs)) < 0.5, L, rng.integers(1, L + 1))
+        return self._build(runs, s, np.zeros(len(runs), dtype=np.int64)), self.Z[runs, s - 1]
 
     def all_finals(self, task: int) -> tuple[Batch, np.ndarray]:
         """Zero-shot queries of a task: every run at its last step with no prefix."""
@@ -140,6 +150,7 @@ def meta_train(
     task_effect: bool = False,
     noise: str = "prefix",
     mean: str = "last",
+    residual: bool = True,
 ) -> QuickTuneSurrogate:
     """Meta-train the performance and cost surrogates on every task of ``metadataset``.
 
@@ -162,6 +173,10 @@ def meta_train(
             modelling how it moves on) or ``"constant"``. Together with ``noise="prefix"`` this
             lowered QuickTune's LCBench regret at 100 % of the budget from 0.070 to 0.058
             (docs/benchmarks.md, stop 16).
+        residual: Estimate on the validation tasks how much of a fresh configuration's
+            unexplained score its neighbours on the same task share (:mod:`.residual`), so that a
+            study's own runs inform the predictions of configurations near them. The estimate may
+            be 0 (the model without it); it needs validation tasks.
     """
     if len(metadataset.runs) == 0:
         raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
@@ -246,6 +261,7 @@ def meta_train(
         "hyperparameters": {
             "steps": steps, "batch_size": batch_size, "context_size": context_size, "learning_rate": learning_rate,
             "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
+            "residual": residual,
         },
     }
     # Calibrate the predictive std on validation tasks (context from training tasks only).
@@ -256,6 +272,10 @@ def meta_train(
         perf.invalidate()
         perf.std_scale = _calibrate(perf, data, split.val, seed)
         info["validation"] = _validation_report(perf, data, split.val)
+        if residual:
+            fit = estimate_residual(perf, validation_rows(data, split.val, seed + 5))
+            perf.set_residual(fit.share, fit.inv_scale(data.X.shape[1]))
+            info["validation"]["residual"] = fit.report()
     ctx_b, ctx_y = data.sample(data.tasks, context_size, np.random.default_rng(seed + 3))
     perf.set_context(ctx_b, ctx_y)
     meta_configs = np.unique(np.round(arrays["X"], 6), axis=0)
