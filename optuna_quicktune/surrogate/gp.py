@@ -202,11 +202,21 @@ class _Columns:
     from an older state copies.
     """
 
-    def __init__(self, k: torch.Tensor) -> None:
-        q, n = k.shape
-        self.data = torch.empty((q, n + max(64, n // 2)), dtype=k.dtype)
-        self.data[:, :n] = k
-        self.used = n
+    def __init__(self, k: torch.Tensor, *below: torch.Tensor, beside: torch.Tensor | None = None) -> None:
+        """``k``, with the row blocks ``below`` under it and the columns ``beside`` next to it, in one
+        new buffer with room for more columns (one copy of each part: studies with many paused runs
+        add rows often, and concatenating first copied every cached column twice)."""
+        rows = (k, *below)
+        q, n = sum(r.shape[0] for r in rows), k.shape[1]
+        m = 0 if beside is None else beside.shape[1]
+        self.data = torch.empty((q, n + m + max(64, (n + m) // 2)), dtype=k.dtype)
+        i = 0
+        for r in rows:
+            self.data[i : i + r.shape[0], :n] = r
+            i += r.shape[0]
+        if beside is not None:
+            self.data[:, n : n + m] = beside
+        self.used = n + m
 
     def appended(self, n: int, k2: torch.Tensor) -> "_Columns":
         m = k2.shape[1]
@@ -214,7 +224,7 @@ class _Columns:
             self.data[:, n:n + m] = k2
             self.used = n + m
             return self
-        return _Columns(torch.cat([self.data[:, :n], k2], 1))
+        return _Columns(self.data[:, :n], beside=k2)
 
 
 @dataclass(frozen=True)
@@ -247,9 +257,11 @@ class QueryState:
     def cat(self, other: "QueryState") -> "QueryState":
         if other.uid != self.uid:
             raise ValueError("Query states of two posteriors cannot be joined.")
-        return QueryState.of(self.uid, torch.cat([self.z, other.z]), torch.cat([self.k, other.k]),
-                             torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]),
-                             torch.cat([self.target, other.target]))
+        if other.n != self.n:
+            raise ValueError("Query states of one posterior have the same columns.")
+        return QueryState(self.uid, torch.cat([self.z, other.z]), _Columns(self.k, other.k), self.n,
+                          torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]),
+                          torch.cat([self.target, other.target]))
 
 
 class Posterior:
