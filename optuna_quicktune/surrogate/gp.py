@@ -328,11 +328,28 @@ class Posterior:
         """
         t = torch.ones(z.shape[0], dtype=z.dtype) if target is None else target.to(z.dtype)
         with torch.no_grad():
-            k = self.gp.covariance(z, self.Z)
-            k[:, self.n_ctx:] += t[:, None] * self.target_cov(z, self.Z[self.n_ctx:])
+            k = self._cross(z, t)
             mean = self.gp.point_mean(z) + k @ self.alpha
             var = self.gp.outputscale + self.tau2 * t - ((k @ self.K_inv) * k).sum(-1) + self.gp.point_noise(z)
         return QueryState.of(self.uid, z, k, mean, var, t)
+
+    def latent(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and joint covariance of the noise-free function at target rows ``z``.
+
+        What :mod:`.residual` needs to weigh held-out tasks' rows jointly (``query`` gives only the
+        diagonal).
+        """
+        with torch.no_grad():
+            k = self._cross(z, torch.ones(z.shape[0], dtype=z.dtype))
+            mean = self.gp.point_mean(z) + k @ self.alpha
+            cov = self.gp.covariance(z, z) + self.target_cov(z, z) - k @ self.K_inv @ k.T
+        return mean, cov
+
+    def _cross(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``k'(z, Z)``: the kernel, plus what target queries (``t`` = 1) share with the study's rows."""
+        k = self.gp.covariance(z, self.Z)
+        k[:, self.n_ctx:] += t[:, None] * self.target_cov(z, self.Z[self.n_ctx:])
+        return k
 
     def advance(self, state: QueryState) -> QueryState | None:
         """``state`` brought up to this posterior, or None when it is not an ancestor's (recompute then)."""

@@ -53,16 +53,12 @@ class ResidualFit(NamedTuple):
 
 def _task_terms(perf: Any, b: Any, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``m``, ``S``, ``n`` of the rows ``b`` under ``perf``'s context posterior, and their raw inputs."""
-    gp = perf.gp
     with torch.no_grad():
-        post = perf.posterior()
         z = perf.embed(b)
-        k = gp.covariance(z, post.Z)
-        m = (gp.point_mean(z) + k @ post.alpha).numpy()
-        S = (gp.covariance(z, z) - k @ post.K_inv @ k.T).numpy() + post.tau2
-        n = gp.point_noise(z).numpy().astype(np.float64)
+        m, S = perf.posterior().latent(z)
+        n = perf.gp.point_noise(z).numpy().astype(np.float64)
     u = torch.cat([b.x, b.budget], 1).double().numpy()
-    return y - m, S, n, u
+    return y - m.numpy(), S.numpy(), n, u
 
 
 def _loglik(r: np.ndarray, S: np.ndarray, n: np.ndarray, corr: np.ndarray, share: float) -> float:
