@@ -17,8 +17,6 @@ Usage (after ``quicktune bench --lcbench DIR --out OUT``, whose ``cache/`` holds
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import numpy as np
 
 _BINS = ((0.0, 0.2), (0.2, 0.5), (0.5, 0.8), (0.8, 1.01))  # prefix fractions of prefixed tuples
@@ -38,20 +36,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args()
 
-    from optuna_quicktune.benchmark import yahpo
-    from optuna_quicktune.benchmark.runner import BenchConfig, meta_table
-    from optuna_quicktune.surrogate import meta_train
+    from lcbench_fold import lcbench_fold
+
     from optuna_quicktune.surrogate.training import TrainingTuples
 
-    md = meta_table(yahpo.lcbench(a.lcbench), BenchConfig(), Path(a.out) / "cache")
-    held = [i for i, t in enumerate(md.tasks) if t.name == a.task]
-    if not held:
-        raise SystemExit(f"Task {a.task!r} is not in the meta-table ({[t.name for t in md.tasks]}).")
-    others = [i for i, t in enumerate(md.tasks) if t.name != a.task]
-    sur = meta_train(md.select_tasks(others), steps=a.steps, seed=0, noise=a.noise, mean=a.mean)
+    md, held, sur = lcbench_fold(a.lcbench, a.out, a.task, a.steps, noise=a.noise, mean=a.mean)
     arrays = md.arrays()
     data = TrainingTuples(arrays, sur.prep)
-    b, y = data.sample(held, a.tuples, np.random.default_rng(a.seed))
+    b, y = data.sample([held], a.tuples, np.random.default_rng(a.seed))
     m, sd = sur.performance.predict_z(b)
     frac = b.curve[:, -1].numpy()
     err, scale = np.abs(y - m), sur.prep.y_std
@@ -62,7 +54,7 @@ def main() -> None:
     for name, k in groups:
         print(f"  {name:16s} n={int(k.sum()):5d}  {err[k].mean() * scale:6.2f} / {sd[k].mean() * scale:6.2f} / "
               f"{np.mean(err[k] <= 1.6449 * sd[k]):.2f}")
-    Y = arrays["Y"][arrays["task"] == held[0]]
+    Y = arrays["Y"][arrays["task"] == held]
     F = Y.shape[1]
     for lo, hi in _BINS:
         steps = [s for s in range(1, F) if lo <= s / F < hi]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from pathlib import Path
 
 import numpy as np
 
@@ -33,19 +32,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
 
-    from optuna_quicktune.benchmark import yahpo
-    from optuna_quicktune.benchmark.runner import BenchConfig, meta_table
-    from optuna_quicktune.surrogate import meta_train
+    from lcbench_fold import lcbench_fold
 
-    md = meta_table(yahpo.lcbench(a.lcbench), BenchConfig(), Path(a.out) / "cache")
-    held = [i for i, t in enumerate(md.tasks) if t.name == a.task]
-    if not held:
-        raise SystemExit(f"Task {a.task!r} is not in the meta-table ({[t.name for t in md.tasks]}).")
-    with_it = meta_train(md.select_tasks([i for i in range(len(md.tasks)) if i != held[0]]), steps=a.steps, seed=0)
+    md, held, with_it = lcbench_fold(a.lcbench, a.out, a.task, a.steps)
     without = copy.deepcopy(with_it)
     without.performance.set_residual(0.0, [])
     arrays = md.arrays()
-    rows = np.flatnonzero(arrays["task"] == held[0])
+    rows = np.flatnonzero(arrays["task"] == held)
     X, Y = arrays["X"][rows], arrays["Y"][rows]
     final = np.array([y[np.isfinite(y)][-1] for y in Y])
     F = int(np.isfinite(Y).sum(1).max())
@@ -53,7 +46,7 @@ def main() -> None:
     seen, rest = order[: a.seen], order[a.seen:]
     dist = np.min(((X[rest, None, :] - X[None, seen, :]) ** 2).sum(-1), axis=1)
     near = rest[np.argsort(dist)[: a.near]]
-    kw = dict(fidelity_max=F, metafeatures=md.tasks[held[0]].metafeatures, sign=float(arrays["sign"][held[0]]))
+    kw = dict(fidelity_max=F, metafeatures=md.tasks[held].metafeatures, sign=float(arrays["sign"][held]))
     print(f"task {a.task}: {a.seen} finished runs seen; residual {with_it.info['validation']['residual']}")
     print("  error / predicted std / 90 % coverage of the final score")
     for name, sur in (("without the residual", without), ("with it", with_it)):
