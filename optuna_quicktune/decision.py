@@ -275,14 +275,17 @@ class Decision:
 
     def _continuation_scores(self, views: Sequence[TrialView], kind: str) -> tuple[np.ndarray, np.ndarray]:
         prefixes = [v.prefix for v in views]
-        X = self.encode(views)
-        steps = self.config_step_costs(X)
+
+        def predict(cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            X = self.encode(views)
+            return self.predict_horizon(X, prefixes, steps=self.config_step_costs(X), cache=cache)
+
         if kind == "resume":  # a paused curve does not change until it is resumed
             key = (self.surrogate.view_id, "resume", self._mf_key(), self.fidelity_max, self.sign,
                    tuple((v.number, len(v.prefix)) for v in views))
-            mean, std, cost = self.cache.get(key, lambda: self.predict_horizon(X, prefixes, steps=steps))
+            mean, std, cost = self.cache.get(key, predict)
         else:  # a running trial's curve grows at every call: its rows are never asked for again
-            mean, std, cost = self.predict_horizon(X, prefixes, steps=steps, cache=False)
+            mean, std, cost = predict(cache=False)
         target = self.targets(prefixes)
         incumbents = {int(b): self.state.incumbent(int(b)) for b in np.unique(target)}
         inc = np.array([incumbents[int(b)] for b in target])

@@ -58,29 +58,45 @@ class StudyState:
 
         ``memo`` (a dict the caller keeps between calls) caches the view of every finished trial,
         whose reports can no longer change (keyed by what the view depends on: its reports, the
-        attributes read, its parent's curve); the result is the same with or without it.
+        attributes read, its parent's curve), and the state of the study's leading run of finished
+        trials, which the next build extends instead of re-reading (a long study's decisions would
+        otherwise each cost a pass over every trial); the result is the same with or without it.
         """
-        st = cls(space)
-        reports: list[tuple[np.ndarray, np.ndarray]] = []
         ordered = trials if all(a.number < b.number for a, b in zip(trials, trials[1:])) else sorted(trials, key=lambda t: t.number)
-        for t in ordered:
+        head = _Head.empty() if memo is None else memo.get(("head", space.fingerprint, sign), _Head.empty())
+        if not head.leads(ordered):
+            head = _Head.empty()
+        k = next((i for i in range(len(head.ids), len(ordered)) if not ordered[i].state.is_finished()), len(ordered))
+        if memo is not None and k > len(head.ids):
+            # The finished trials since the last build join the head, which later builds reuse.
+            st = cls(space, dict(head.trials))
+            best = st._add(ordered[len(head.ids):k], sign, memo)
+            head = _Head(head.ids + _identities(ordered[len(head.ids):k]), st.trials, _merge_best(head.best, best))
+            memo[("head", space.fingerprint, sign)] = head
+        st = cls(space, dict(head.trials))
+        st.best_at = _merge_best(head.best, st._add(ordered[len(head.ids):], sign, memo))
+        return st
+
+    def _add(self, trials: Sequence[FrozenTrial], sign: float, memo: dict[Any, Any] | None) -> dict[int, float]:
+        """Add the views of ``trials`` (in number order, after those already here); their best by step."""
+        reports: list[tuple[np.ndarray, np.ndarray]] = []
+        for t in trials:
             parent = contract.read_resume_of(t)
-            parent_view = None if parent is None else st.trials.get(parent)
+            parent_view = None if parent is None else self.trials.get(parent)
             key = _memo_key(t, parent_view, sign)
             hit = None if memo is None or key is None else memo.get(key)
             if hit is None:
-                hit = _view(t, parent, parent_view, space, sign)
+                hit = _view(t, parent, parent_view, self.space, sign)
                 if memo is not None and key is not None:
                     memo[key] = hit
             view, report = hit
             if parent_view is not None and not parent_view.continued:
                 # A failed continuation also ends the chain: resuming again would likely fail again.
                 # Memoised views are shared between builds and never changed: this one is copied.
-                st.trials[parent] = dataclasses.replace(parent_view, continued=True)
-            st.trials[t.number] = view
+                self.trials[parent] = dataclasses.replace(parent_view, continued=True)
+            self.trials[t.number] = view
             reports.append(report)
-        st.best_at = chains.best_by_step(reports)
-        return st
+        return chains.best_by_step(reports)
 
     # ------------------------------------------------------------------ queries
     def used_config_ids(self, exclude: int | None = None) -> set[str]:
@@ -188,3 +204,42 @@ def _curve(t: FrozenTrial) -> tuple[np.ndarray, np.ndarray]:
     own = t.intermediate_values
     steps = np.array(sorted(own), dtype=np.int64)
     return steps, np.array([own[int(s)] for s in steps], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The views of a study's leading finished trials (which never change), and their best by step."""
+
+    ids: tuple[tuple[int, Any], ...]
+    trials: dict[int, TrialView]
+    best: dict[int, float]
+
+    @classmethod
+    def empty(cls) -> "_Head":
+        return cls((), {}, {})
+
+    def leads(self, ordered: Sequence[FrozenTrial]) -> bool:
+        """Whether ``ordered`` starts with these very trials.
+
+        A study's trial numbers are unique and a finished trial never changes, so the same storage
+        rows (trial id and start time) at both ends of ``n`` consecutive numbers mean the same head.
+        """
+        n = len(self.ids)
+        return n == 0 or (
+            n <= len(ordered) and ordered[n - 1].number - ordered[0].number == n - 1
+            and _identities([ordered[0], ordered[n - 1]]) == (self.ids[0], self.ids[-1])
+        )
+
+
+def _identities(trials: Sequence[FrozenTrial]) -> tuple[tuple[int, Any], ...]:
+    return tuple((t._trial_id, t.datetime_start) for t in trials)  # noqa: SLF001
+
+
+def _merge_best(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    if not a:
+        return b
+    out = dict(a)
+    for step, v in b.items():
+        if step not in out or v > out[step]:
+            out[step] = v
+    return out

@@ -16,6 +16,7 @@ weights, a new meta-context) starts it over.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -43,7 +44,7 @@ class QueryCache:
         self._lock = threading.Lock()
         # One state per recently used posterior (a study's latest view, the view before it, the
         # unconditioned surrogate), each with its row index; least recently used dropped.
-        self._states: OrderedDict[int, tuple[QueryState, dict[bytes, int]]] = OrderedDict()
+        self._states: OrderedDict[int, tuple[_Chunks, dict[bytes, int]]] = OrderedDict()
         # Named row sets: key -> the set's states by posterior uid (a few keys, a few states each).
         self._sets: OrderedDict[Hashable, OrderedDict[int, QueryState]] = OrderedDict()
 
@@ -58,12 +59,12 @@ class QueryCache:
     def __len__(self) -> int:
         return sum(len(index) for _, index in self._states.values())
 
-    def _start(self, post: Posterior) -> tuple[QueryState | None, dict[bytes, int]]:
+    def _start(self, post: Posterior) -> tuple["_Chunks | None", dict[bytes, int]]:
         """The cached state for ``post``: its own, else the newest ancestor's advanced, else none."""
         if post.uid in self._states:
             return self._states[post.uid]
         for state, index in reversed(self._states.values()):
-            advanced = post.advance(state)
+            advanced = state.advanced(post)
             if advanced is not None:
                 return advanced, index
         return None, {}
@@ -102,7 +103,7 @@ class QueryCache:
             if missing:
                 rows = torch.as_tensor(list(missing.values()), dtype=torch.long)
                 sub = b.select(rows)
-                fresh = post.query(embed(sub), task_rows(sub))
+                fresh = _Chunks((post.query(embed(sub), task_rows(sub)),))
                 base = 0 if state is None else len(state)
                 state = fresh if state is None else state.cat(fresh)
                 index = dict(index)
@@ -121,6 +122,55 @@ class QueryCache:
             while len(self._states) > self.max_states:
                 self._states.popitem(last=False)
         return mean, var.clamp_min(1e-9)
+
+
+class _Chunks:
+    """The row cache's state: query states of consecutive row blocks, each advanced on its own.
+
+    Why blocks: a long study adds one or two rows at a time (each newly paused run), and joining
+    them to one state copies all its ``k(z, Z)`` columns, ``O(q n)`` per added row. Blocks are
+    joined like a binary counter instead (a block absorbs the next while that one is at least
+    as large), so a row is copied ``O(log q)`` times and there are ``O(log q)`` blocks to advance.
+    """
+
+    def __init__(self, blocks: tuple[QueryState, ...]) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    @functools.cached_property
+    def mean(self) -> torch.Tensor:
+        return self.blocks[0].mean if len(self.blocks) == 1 else torch.cat([b.mean for b in self.blocks])
+
+    @functools.cached_property
+    def var(self) -> torch.Tensor:
+        return self.blocks[0].var if len(self.blocks) == 1 else torch.cat([b.var for b in self.blocks])
+
+    def advanced(self, post: Posterior) -> "_Chunks | None":
+        """Every block brought up to ``post`` (None when ``post`` does not descend from their posterior)."""
+        out = []
+        for b in self.blocks:
+            a = post.advance(b)
+            if a is None:
+                return None
+            out.append(a)
+        return _Chunks(tuple(out))
+
+    def cat(self, other: "_Chunks") -> "_Chunks":
+        blocks = list(self.blocks)
+        for b in other.blocks:
+            while blocks and len(blocks[-1]) <= len(b):
+                b = blocks.pop().cat(b)
+            blocks.append(b)
+        return _Chunks(tuple(blocks))
+
+    def rows(self, idx: torch.Tensor) -> "_Chunks":
+        """The rows ``idx`` (increasing positions) as one block."""
+        joined = self.blocks[0]
+        for b in self.blocks[1:]:
+            joined = joined.cat(b)
+        return _Chunks((joined.rows(idx),))
 
 
 def task_rows(b: Batch) -> torch.Tensor:
