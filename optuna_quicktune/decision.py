@@ -292,10 +292,8 @@ class Decision:
         return cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), target
 
     def encode(self, views: Sequence[TrialView]) -> np.ndarray:
-        """The encoded configurations of ``views``, remembered per configuration id."""
-        fp = self.space.fingerprint
-        rows = [self.cache.get(("encoded", fp, v.config_id), lambda v=v: self.space.encode(v.params)) if v.config_id
-                else self.space.encode(v.params) for v in views]
+        """The encoded configurations of ``views`` (each view encodes its configuration once)."""
+        rows = [self.space.encode(v.params) if v.x is None else v.x for v in views]
         return np.stack(rows) if rows else np.zeros((0, self.space.dim))
 
     def targets(self, prefixes: Sequence[np.ndarray]) -> np.ndarray:

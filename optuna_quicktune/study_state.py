@@ -42,6 +42,12 @@ class TrialView:
     continued: bool = False  # another trial resumes this one
     in_space: bool = True  # the configuration lies in the state's search space (the surrogate can score it)
     best: float = -np.inf  # the best (sign-adjusted) finite score of the chain so far
+    x: np.ndarray | None = None  # the configuration's encoding in the state's space (None: not in it)
+
+    @property
+    def is_end(self) -> bool:
+        """A finished run in the space whose last report is finite: a point the surrogate is conditioned on."""
+        return self.in_space and self.state.is_finished() and len(self.prefix) > 0 and bool(np.isfinite(self.prefix[-1]))
 
 
 @dataclass
@@ -49,6 +55,8 @@ class StudyState:
     space: SearchSpace
     trials: dict[int, TrialView] = field(default_factory=dict)
     best_at: dict[int, float] = field(default_factory=dict)  # fidelity -> best sign*value observed
+    ends: tuple[TrialView, ...] = ()  # the finished runs the surrogate is conditioned on (TrialView.is_end)
+    end_points: frozenset[tuple[int, int]] = frozenset()  # (number, length) of each end: names the conditioning set
 
     @classmethod
     def build(
@@ -71,10 +79,16 @@ class StudyState:
             # The finished trials since the last build join the head, which later builds reuse.
             st = cls(space, dict(head.trials))
             best = st._add(ordered[len(head.ids):k], sign, memo)
-            head = _Head(head.ids + _identities(ordered[len(head.ids):k]), st.trials, _merge_best(head.best, best))
+            new = tuple(st.trials[t.number] for t in ordered[len(head.ids):k] if st.trials[t.number].is_end)
+            head = _Head(head.ids + _identities(ordered[len(head.ids):k]), st.trials, _merge_best(head.best, best),
+                         head.ends + new, head.end_points | _points(new))
             memo[("head", space.fingerprint, sign)] = head
         st = cls(space, dict(head.trials))
-        st.best_at = _merge_best(head.best, st._add(ordered[len(head.ids):], sign, memo))
+        rest = ordered[len(head.ids):]
+        st.best_at = _merge_best(head.best, st._add(rest, sign, memo))
+        new = tuple(st.trials[t.number] for t in rest if st.trials[t.number].is_end)
+        # The head's set itself when nothing was added (its hash is computed once, not per build).
+        st.ends, st.end_points = head.ends + new, (head.end_points | _points(new)) if new else head.end_points
         return st
 
     def _add(self, trials: Sequence[FrozenTrial], sign: float, memo: dict[Any, Any] | None) -> dict[int, float]:
@@ -183,6 +197,7 @@ def _view(
     prefix.flags.writeable = False  # shared by every build that memoises this view
     params = trial_params(t)
     config_id = trial_config_id(t, space, params)
+    in_space = bool(params) and space.contains(params)
     view = TrialView(
         number=t.number,
         state=t.state,
@@ -193,8 +208,9 @@ def _view(
         paused=(bool(t.user_attrs.get(contract.PAUSED, False))
                 or (t.state == TrialState.PRUNED and bool(t.user_attrs.get(contract.CHECKPOINT)))) and not chains.diverged(own_v),
         checkpoint=t.user_attrs.get(contract.CHECKPOINT),
-        in_space=bool(params) and space.contains(params),
+        in_space=in_space,
         best=float(np.max(sign * prefix[np.isfinite(prefix)])) if np.isfinite(prefix).any() else -np.inf,
+        x=space.encode(params) if in_space else None,
     )
     return view, (steps, sign * own_v)
 
@@ -213,10 +229,12 @@ class _Head:
     ids: tuple[tuple[int, Any], ...]
     trials: dict[int, TrialView]
     best: dict[int, float]
+    ends: tuple[TrialView, ...]
+    end_points: frozenset[tuple[int, int]]
 
     @classmethod
     def empty(cls) -> "_Head":
-        return cls((), {}, {})
+        return cls((), {}, {}, (), frozenset())
 
     def leads(self, ordered: Sequence[FrozenTrial]) -> bool:
         """Whether ``ordered`` starts with these very trials.
@@ -233,6 +251,10 @@ class _Head:
 
 def _identities(trials: Sequence[FrozenTrial]) -> tuple[tuple[int, Any], ...]:
     return tuple((t._trial_id, t.datetime_start) for t in trials)  # noqa: SLF001
+
+
+def _points(ends: Sequence[TrialView]) -> frozenset[tuple[int, int]]:
+    return frozenset((v.number, len(v.prefix)) for v in ends)
 
 
 def _merge_best(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:

@@ -76,14 +76,11 @@ class SurrogateViews:
         by the trials that ended since, at ``O(n^2 m)``. Running trials are left out, so the view
         changes only when a trial ends.
         """
-        ends = [
-            v for v in state.trials.values()
-            if v.state.is_finished() and len(v.prefix) > 0 and np.isfinite(v.prefix[-1]) and v.in_space
-        ]
+        ends = state.ends
         if not ends:
             return base
         common = (base.view_id, study_name, fmax, sign, tuple(sorted((mf or {}).items())))
-        points = frozenset((v.number, len(v.prefix)) for v in ends)
+        points = state.end_points
         key = (common, points)
         if key not in self._views:
             # Extend the latest view whose points are a subset of these; else condition the base.
@@ -95,7 +92,7 @@ class SurrogateViews:
             new = [v for v in ends if (v.number, len(v.prefix)) not in have]
             lengths = np.array([min(len(v.prefix), fmax) for v in new])
             y = np.array([v.prefix[b - 1] for v, b in zip(new, lengths)])
-            X = base.space.encode_many([v.params for v in new])
+            X = np.stack([v.x for v in new])
             self._views[key] = view.conditioned_on(X, lengths, y, fidelity_max=fmax, metafeatures=mf, sign=sign)
         self._views.move_to_end(key)
         while len(self._views) > self.keep:
