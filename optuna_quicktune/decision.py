@@ -325,15 +325,17 @@ class Decision:
         return self.sign * mean, std, cost
 
     def config_step_costs(self, X: np.ndarray) -> np.ndarray:
-        """:meth:`step_costs` of each row, remembered per configuration (cost does not depend on the view)."""
-        base = (self.surrogate.cost_id, "step-costs", self._mf_key(), self.fidelity_max)
-        keys = [base + (x.tobytes(),) for x in X]
-        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        """:meth:`step_costs` of each row, remembered per configuration (cost does not depend on the view).
+
+        One table per cost network and task, not one cache entry per row: a long study scores
+        hundreds of paused runs per decision, which would otherwise crowd the bounded cache.
+        """
+        table = self.cache.get((self.surrogate.cost_id, "step-costs", self._mf_key(), self.fidelity_max), dict)
+        keys = [x.tobytes() for x in X]
+        missing = [i for i, k in enumerate(keys) if k not in table]
         if missing:
-            fresh = self.step_costs(X[missing])
-            for j, i in enumerate(missing):
-                self.cache.get(keys[i], lambda j=j: fresh[j])
-        return np.stack([self.cache.get(k, lambda: None) for k in keys]) if keys else np.zeros((0, self.fidelity_max))
+            table.update(zip((keys[i] for i in missing), self.step_costs(X[missing])))
+        return np.stack([table[k] for k in keys]) if keys else np.zeros((0, self.fidelity_max))
 
     def pool_step_costs(self) -> np.ndarray:
         key = (self.surrogate.cost_id, "pool-step-costs", self.seed, self._mf_key(), self.fidelity_max)
