@@ -1,7 +1,9 @@
-"""What the sampler and pruner know about the target study, rebuilt from the storage on each call.
+"""What the sampler and pruner know about the target study, read from the storage on each call.
 
-Nothing here is kept between calls: two workers, or a process restarted after a crash, read the same
-trials and therefore reach the same decisions.
+Every call reads the study's trials again, so two workers, or a process restarted after a crash,
+reach the same decisions. What a caller may keep between calls (``memo``) is only what cannot
+change: the views of finished trials, and the state of the study's leading run of finished trials,
+which a long study would otherwise rebuild at every decision. A build with it equals one without.
 
 Notation
 --------

@@ -57,6 +57,29 @@ def test_cached_predictions_equal_fresh_ones_across_views(family, surrogate):
     assert len(copy.deepcopy(surrogate).performance.queries) == 0  # a copy (other weights later) shares nothing
 
 
+def test_rows_added_one_at_a_time_stay_exact_in_few_blocks(family, surrogate):
+    """A long study adds a paused run (one row) per trial: the row cache keeps O(log q) blocks,
+    each advanced on its own, and its predictions equal fresh ones."""
+    task = family.tasks[-1]
+    space = surrogate.space
+    kw = dict(fidelity_max=surrogate.max_fidelity, metafeatures=task.metafeatures)
+    X = space.encode_many(space.sample(40, 7))
+    prefixes = [np.linspace(0.1, 0.3, 1 + i % 4) for i in range(40)]
+    view = surrogate.copy()
+    for i in range(1, 41):
+        if i % 5 == 0:  # a run ended: a new view extends the last
+            obs = space.encode_many(space.sample(1, 200 + i))
+            view = view.conditioned_on(obs, np.array([2]), np.array([0.4]), **kw)
+        got = view.predict(X[:i], prefixes[:i], surrogate.max_fidelity, **kw)
+    state, _ = next(reversed(view.performance.queries._states.values()))  # noqa: SLF001
+    assert len(state) == 40 and [len(b) for b in state.blocks] == [32, 8]  # like 40 in binary
+    ref = copy.deepcopy(view)
+    ref.performance.invalidate()
+    want = ref.predict(X, prefixes, surrogate.max_fidelity, **kw)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
 def _chain_study(family):
     space = family.space
     dists = dict(space.distributions)
@@ -81,6 +104,7 @@ def _chain_study(family):
 
 def _same(a: StudyState, b: StudyState) -> None:
     assert a.trials.keys() == b.trials.keys() and a.best_at == b.best_at
+    assert [v.number for v in a.ends] == [v.number for v in b.ends] and a.end_points == b.end_points
     for n in a.trials:
         va, vb = a.trials[n], b.trials[n]
         np.testing.assert_array_equal(va.prefix, vb.prefix)
@@ -108,6 +132,46 @@ def test_memoised_study_state_equals_a_fresh_build(family):
     again = StudyState.build(study.get_trials(deepcopy=False), family.space, 1.0, memo)
     np.testing.assert_allclose(again.trials[5].prefix, [0.2, 0.25])
     _same(again, StudyState.build(study.get_trials(deepcopy=False), family.space, 1.0))
+
+
+def test_the_reused_head_of_finished_trials_equals_a_fresh_build(family):
+    """The memo keeps the state of the leading finished trials; later trials, a resumption of a
+    head trial, another study read with the same memo: each build equals one without it."""
+    study = _chain_study(family)
+    memo: dict = {}
+    fresh = lambda s: StudyState.build(s.get_trials(deepcopy=False), family.space, 1.0)  # noqa: E731
+    memoised = lambda s: StudyState.build(s.get_trials(deepcopy=False), family.space, 1.0, memo)  # noqa: E731
+    _same(memoised(study), fresh(study))
+    assert [v.number for v in fresh(study).ends] == [0, 1, 2, 3, 4]
+    running = study.ask()  # trial 5 stops the head; trial 6 finishes after it
+    study.tell(study.ask(), 0.9)
+    running.report(0.3, 1)
+    _same(memoised(study), fresh(study))
+    # Trial 7 resumes trial 2 (in the head): the head's own view of trial 2 stays as it was.
+    resume = study.ask()
+    resume.set_user_attr(contract.RESUME_OF, 2)
+    resume.report(0.5, 3)
+    got = memoised(study)
+    _same(got, fresh(study))
+    assert got.trials[2].continued and not memo[("head", family.space.fingerprint, 1.0)].trials[2].continued
+    study.tell(running, 0.35)
+    study.tell(resume, 0.5)
+    _same(memoised(study), fresh(study))
+    assert len(memo[("head", family.space.fingerprint, 1.0)].ids) == 8
+    # Another study with the same trial numbers and ids (its own in-memory storage) but other
+    # values: its trials are not mistaken for the head of the first.
+    memo.clear()
+    first = _chain_study(family)
+    memoised(first)
+    other = optuna.create_study(direction="maximize")
+    other.add_trials([optuna.trial.create_trial(
+        params=t.params, distributions=t.distributions, state=t.state, value=t.value, user_attrs=t.user_attrs,
+        intermediate_values={k: v - 0.01 for k, v in t.intermediate_values.items()},
+    ) for t in first.get_trials()])
+    assert [t._trial_id for t in other.get_trials()] == [t._trial_id for t in first.get_trials()]  # noqa: SLF001
+    _same(memoised(other), fresh(other))
+    assert memo[("head", family.space.fingerprint, 1.0)].ids != tuple(
+        (t._trial_id, t.datetime_start) for t in first.get_trials())  # noqa: SLF001
 
 
 @pytest.mark.parametrize("resume_of, config_of, expected", [
