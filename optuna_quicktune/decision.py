@@ -72,6 +72,10 @@ class Action:
     checkpoint: str | None = None
     prefix_len: int = 0
     priority: int = 0  # 1: the next member of the portfolio (taken before any score)
+    # The predicted final score (metric units) and std the score came from, when it looked at the
+    # final fidelity (NaN otherwise): the trial's prediction record reuses them.
+    final_mean: float = float("nan")
+    final_std: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,10 @@ class Decision:
             if member is not None and member in ids:
                 j = ids.index(member)
                 order = [j] + [i for i in order if i != j]
-            out += [Action("new", configs[i], ids[i], float(scores[i]), 1, priority=int(ids[i] == member))
+            final = self.settings.horizon == "final"
+            out += [Action("new", configs[i], ids[i], float(scores[i]), 1, priority=int(ids[i] == member),
+                           final_mean=float(self.sign * mean[i]) if final else float("nan"),
+                           final_std=float(std[i]) if final else float("nan"))
                     for i in order if np.isfinite(scores[i])]
         paused = [v for v in self.state.resumable() if v.number != exclude and len(v.prefix) < self.fidelity_max
                   and v.in_space]
@@ -264,16 +271,18 @@ class Decision:
         """Resuming (``kind="resume"``) or continuing each view, scored; the best ``limit`` if given."""
         if not views:
             return []
-        scores, target = self._continuation_scores(views, kind)
+        scores, target, mean, std = self._continuation_scores(views, kind)
         order = range(len(views)) if limit is None else np.argsort(-scores, kind="stable")[:limit]
         return [
             Action(kind, dict(views[i].params), views[i].config_id or self.space.config_id(views[i].params),
                    float(scores[i]), int(target[i]), resume_of=views[i].number if kind == "resume" else None,
-                   checkpoint=views[i].checkpoint if kind == "resume" else None, prefix_len=len(views[i].prefix))
+                   checkpoint=views[i].checkpoint if kind == "resume" else None, prefix_len=len(views[i].prefix),
+                   final_mean=float(self.sign * mean[i]) if target[i] == self.fidelity_max else float("nan"),
+                   final_std=float(std[i]) if target[i] == self.fidelity_max else float("nan"))
             for i in order
         ]
 
-    def _continuation_scores(self, views: Sequence[TrialView], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    def _continuation_scores(self, views: Sequence[TrialView], kind: str) -> tuple[np.ndarray, ...]:
         prefixes = [v.prefix for v in views]
 
         def predict(cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -289,7 +298,7 @@ class Decision:
         target = self.targets(prefixes)
         incumbents = {int(b): self.state.incumbent(int(b)) for b in np.unique(target)}
         inc = np.array([incumbents[int(b)] for b in target])
-        return cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), target
+        return cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), target, mean, std
 
     def encode(self, views: Sequence[TrialView]) -> np.ndarray:
         """The encoded configurations of ``views`` (each view encodes its configuration once)."""
@@ -351,13 +360,20 @@ class Decision:
         c = self.surrogate.predict_cost(X[rows], steps, fidelity_max=fmax, metafeatures=self.metafeatures)
         return c.reshape(X.shape[0], fmax)
 
-    def prediction_record(self, params: Mapping[str, Any], prefix: np.ndarray) -> dict[str, float]:
-        """What is stored with a trial at proposal: predicted final mean/std and next-step cost."""
+    def prediction_record(self, params: Mapping[str, Any], prefix: np.ndarray, action: Action | None = None) -> dict[str, float]:
+        """What is stored with a trial at proposal: predicted final mean/std and next-step cost.
+
+        ``action``: the action chosen for it, whose score already came from that prediction when
+        it looked at the final fidelity (then it is not predicted a second time).
+        """
         fmax = self.fidelity_max
         x = self.space.encode(params)[None, :]
-        mean, std = self._final(x, prefix)
-        cost = self.surrogate.predict_cost(x, min(len(prefix) + 1, fmax), fidelity_max=fmax, metafeatures=self.metafeatures)
-        return {"mean": mean, "std": std, "cost": float(cost[0]), "fidelity": fmax}
+        if action is not None and np.isfinite(action.final_mean):
+            mean, std = action.final_mean, action.final_std
+        else:
+            mean, std = self._final(x, prefix)
+        cost = self.config_step_costs(x)[0, min(len(prefix) + 1, fmax) - 1]
+        return {"mean": mean, "std": std, "cost": float(cost), "fidelity": fmax}
 
     def _final(self, x: np.ndarray, prefix: np.ndarray) -> tuple[float, float]:
         """Predicted final score (metric units) and std of one encoded configuration given its curve."""

@@ -391,12 +391,12 @@ class QuickTuneSampler(BaseSampler):
     def _claim(self, study: Study, trial: FrozenTrial, action: Action, decision: Decision) -> bool:
         """Claim ``action`` for ``trial``; False when another trial holds it (see :mod:`~optuna_quicktune.claims`)."""
         prefix = decision.state.trials[action.resume_of].prefix if action.resume_of is not None else np.zeros(0)
-        record = self._record(decision, dict(action.config), prefix)
+        record = self._record(decision, dict(action.config), prefix, action)
         record.update(source=action.kind, acquisition=action.score)
         return claim(study, trial, action, record, self.space)
 
-    def _record(self, decision: Decision, params: dict[str, Any], prefix: np.ndarray) -> dict[str, Any]:
-        record: dict[str, Any] = decision.prediction_record(params, prefix)
+    def _record(self, decision: Decision, params: dict[str, Any], prefix: np.ndarray, action: Action | None = None) -> dict[str, Any]:
+        record: dict[str, Any] = decision.prediction_record(params, prefix, action)
         imputed = self._impute.imputed(decision.metafeatures)
         if imputed:
             record["imputed_metafeatures"] = imputed

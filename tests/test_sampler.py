@@ -68,6 +68,10 @@ def test_same_metafeatures_and_seed_give_the_same_first_proposal(family, surroga
         assert trial.user_attrs[contract.CONFIG_ID] == family.space.config_id(firsts[-1])
         predicted = trial.user_attrs[contract.PREDICTED]
         assert {"mean", "std", "cost"} <= set(predicted) and predicted["std"] > 0 and predicted["cost"] > 0
+        # The record reuses the prediction the action was scored with: the same as predicting anew.
+        fresh = sampler.predict_final(study, firsts[-1])
+        for key in ("mean", "std", "cost"):
+            assert predicted[key] == pytest.approx(fresh[key], rel=1e-5)
     assert firsts[0] == firsts[1]
     # Past the portfolio (or without it) the surrogate's ranking depends on the dataset.
     picks = []
