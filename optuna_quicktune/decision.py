@@ -180,12 +180,16 @@ class Decision:
         used = self.state.used_config_ids(exclude=claimant)
         pool = self.pool
         mean, std, cost = self.new_predictions()
-        local = self.local_pool(used)
-        if len(local):
+        local = self._local_all()
+        keep = [i for i, cid in enumerate(local.ids) if cid not in used]
+        if keep:
+            # Predicted as one named row set (all the neighbours, used or not), so that the
+            # predictions follow the views like the pool's, and only then filtered.
             lm, ls, lc = self.cache.get((self.surrogate.view_id, "local", local.key),
-                                        lambda: self.predict_horizon(local.X, [np.zeros(0)] * len(local)))
-            configs, ids = pool.configs + local.configs, pool.ids + local.ids
-            mean, std, cost = np.concatenate([mean, lm]), np.concatenate([std, ls]), np.concatenate([cost, lc])
+                                        lambda: self.predict_horizon(local.X, [np.zeros(0)] * len(local), pool=local))
+            configs = pool.configs + [local.configs[i] for i in keep]
+            ids = pool.ids + [local.ids[i] for i in keep]
+            mean, std, cost = np.concatenate([mean, lm[keep]]), np.concatenate([std, ls[keep]]), np.concatenate([cost, lc[keep]])
         else:
             configs, ids = pool.configs, pool.ids
         free = np.fromiter((cid not in used for cid in ids), dtype=bool, count=len(ids))
@@ -236,7 +240,15 @@ class Decision:
         return next((cid for cid in self.portfolio_order if cid not in used), None)
 
     def local_pool(self, used: set[str]) -> Pool:
-        """Neighbours of the study's three best finished runs (seeded by the study and those runs)."""
+        """Neighbours of the study's three best finished runs (seeded by the study and those runs), unused ones."""
+        pool = self._local_all()
+        if not any(cid in used for cid in pool.ids):
+            return pool
+        keep = [i for i, cid in enumerate(pool.ids) if cid not in used]
+        return Pool([pool.configs[i] for i in keep], pool.X[keep], [pool.ids[i] for i in keep])
+
+    def _local_all(self) -> Pool:
+        """All neighbours of the study's three best finished runs, used or not."""
         if not self.settings.n_local:
             return Pool([], np.zeros((0, self.space.dim)), [])
         ends = [v for v in self.state.trials.values()
@@ -244,15 +256,11 @@ class Decision:
         best = heapq.nsmallest(3, ends, key=lambda v: (-v.best, v.number))
         key = (self.seed, tuple(v.number for v in best))
         n, scale = self.settings.n_local, self.settings.local_scale
-        pool = self.cache.get(
+        return self.cache.get(
             ("local-pool", self.space.fingerprint, n, scale, key, len(self.pool)),
             lambda: Pool.build(self.space, local_candidates(self.space, [v.params for v in best], n, scale, key[:1] + key[1]),
                                exclude=set(self.pool.ids)),
         )
-        if not any(cid in used for cid in pool.ids):
-            return pool
-        keep = [i for i, cid in enumerate(pool.ids) if cid not in used]
-        return Pool([pool.configs[i] for i in keep], pool.X[keep], [pool.ids[i] for i in keep])
 
     # ------------------------------------------------------------------ predictions
     def new_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
