@@ -226,7 +226,8 @@ class Decision:
         view = self.state.trials.get(number)
         if view is None or not view.in_space:
             return None
-        mean, std = self._final(self.encode([view]), view.prefix)
+        # A running trial's curve is longer at the next call: its row is never asked for again.
+        mean, std = self._final(self.encode([view]), view.prefix, cache=view.state.is_finished())
         return self.sign * mean, std
 
     def next_portfolio_member(self, used: set[str], claimant: int | None = None) -> str | None:
@@ -383,11 +384,11 @@ class Decision:
         cost = self.config_step_costs(x)[0, min(len(prefix) + 1, fmax) - 1]
         return {"mean": mean, "std": std, "cost": float(cost), "fidelity": fmax}
 
-    def _final(self, x: np.ndarray, prefix: np.ndarray) -> tuple[float, float]:
+    def _final(self, x: np.ndarray, prefix: np.ndarray, cache: bool = True) -> tuple[float, float]:
         """Predicted final score (metric units) and std of one encoded configuration given its curve."""
         fmax = self.fidelity_max
         mean, std = self.surrogate.predict(x, [prefix], fmax, fidelity_max=fmax, metafeatures=self.metafeatures,
-                                           sign=self.sign)
+                                           sign=self.sign, cache=cache)
         return float(mean[0]), float(std[0])
 
     def _mf_key(self) -> tuple[tuple[str, float], ...]:
