@@ -276,11 +276,7 @@ class QuickTuneSurrogate:
         """Network inputs for candidates ``X`` (encoded), each with an observed curve prefix."""
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         q, F = X.shape[0], self.prep.max_fidelity
-        if fidelity_max > F:
-            raise ValueError(
-                f"The task's max fidelity {fidelity_max} exceeds the surrogate's {F}: the surrogate never "
-                "saw curves that long. Report fewer fidelity steps or meta-train on longer curves."
-            )
+        self._check_fidelity(fidelity_max)
         prefix_z = np.zeros((q, F))
         lengths = np.zeros(q, dtype=np.int64)
         if prefixes is not None:
@@ -339,9 +335,22 @@ class QuickTuneSurrogate:
         metafeatures: Mapping[str, float] | np.ndarray | None,
     ) -> np.ndarray:
         """Predicted seconds of the step that reaches fidelity ``target`` (strictly positive)."""
-        b = self.batch(X, None, target, fidelity_max=fidelity_max, metafeatures=metafeatures)
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        q = X.shape[0]
+        self._check_fidelity(fidelity_max)
+        target_arr = np.broadcast_to(np.asarray(target, dtype=np.float64), (q,))
+        mf_u = np.broadcast_to(self.prep.metafeatures(metafeatures), (q, len(self.prep.metafeature_names)))
+        b = Batch.without_curve(X, target_arr, np.full(q, float(fidelity_max)), mf_u)
         with single_thread():
             return self.prep.cost(self.cost.predict_log(b))
+
+    def _check_fidelity(self, fidelity_max: int) -> None:
+        F = self.prep.max_fidelity
+        if fidelity_max > F:
+            raise ValueError(
+                f"The task's max fidelity {fidelity_max} exceeds the surrogate's {F}: the surrogate never "
+                "saw curves that long. Report fewer fidelity steps or meta-train on longer curves."
+            )
 
     # --------------------------------------------------------------- persistence
     def save(self, directory: str) -> None:

@@ -239,9 +239,21 @@ class Batch:
         curve = np.concatenate(
             [pz, mask, last[:, None], (prefix_len / fmax)[:, None]], axis=1
         )
+        base = cls.without_curve(x, target, fmax, mf_u)
+        return cls(base.x, torch.as_tensor(curve, dtype=torch.float32), base.budget, base.mf)
+
+    @classmethod
+    def without_curve(cls, x: np.ndarray, target: np.ndarray, fidelity_max: np.ndarray, mf_u: np.ndarray) -> "Batch":
+        """The inputs of configurations at a budget, with no curve columns: what the cost network reads.
+
+        Why: the cost of every step of every candidate (thousands of rows) would otherwise build
+        ``2F + 2`` curve columns per row that the cost network never reads.
+        """
+        q = x.shape[0]
+        fmax = np.asarray(fidelity_max, dtype=np.float64)
         return cls(
             x=torch.as_tensor(x, dtype=torch.float32),
-            curve=torch.as_tensor(curve, dtype=torch.float32),
+            curve=torch.zeros((q, 0), dtype=torch.float32),
             budget=torch.as_tensor((target / fmax)[:, None], dtype=torch.float32),
             mf=torch.as_tensor(np.array(mf_u, dtype=np.float32)).reshape(q, -1),
         )
