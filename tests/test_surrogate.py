@@ -79,6 +79,19 @@ def test_costs_are_positive_and_ordered(surrogate, full_md, family):
     assert spearmanr(c, truth).statistic > 0.6
 
 
+def test_cost_predictions_read_only_what_the_cost_network_reads(surrogate, family):
+    """``predict_cost`` skips the curve columns; its values equal the cost network's on full inputs."""
+    task = family.tasks[-1]
+    X = family.space.encode_many(family.space.sample(40, 3))
+    steps = np.arange(40) % surrogate.max_fidelity + 1
+    kw = dict(fidelity_max=surrogate.max_fidelity, metafeatures=task.metafeatures)
+    full = surrogate.batch(X, None, steps, **kw)
+    want = surrogate.prep.cost(surrogate.cost.predict_log(full))
+    np.testing.assert_array_equal(surrogate.predict_cost(X, steps, **kw), want)
+    with pytest.raises(ValueError, match="exceeds the surrogate"):
+        surrogate.predict_cost(X, steps, fidelity_max=surrogate.max_fidelity + 1, metafeatures=task.metafeatures)
+
+
 def test_save_load_identical_predictions(surrogate, surrogate_dir, full_md):
     test, a, mf = _held_out(full_md)
     loaded = load(surrogate_dir)
