@@ -240,16 +240,8 @@ class Decision:
             return None
         return next((cid for cid in self.portfolio_order if cid not in used), None)
 
-    def local_pool(self, used: set[str]) -> Pool:
-        """Neighbours of the study's three best finished runs (seeded by the study and those runs), unused ones."""
-        pool = self._local_all()
-        if not any(cid in used for cid in pool.ids):
-            return pool
-        keep = [i for i, cid in enumerate(pool.ids) if cid not in used]
-        return Pool([pool.configs[i] for i in keep], pool.X[keep], [pool.ids[i] for i in keep])
-
     def _local_all(self) -> Pool:
-        """All neighbours of the study's three best finished runs, used or not."""
+        """All neighbours of the study's three best finished runs (seeded by the study and those runs), used or not."""
         if not self.settings.n_local:
             return Pool([], np.zeros((0, self.space.dim)), [])
         ends = [v for v in self.state.trials.values()
