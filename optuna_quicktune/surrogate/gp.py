@@ -254,14 +254,16 @@ class QueryState:
     def rows(self, idx: torch.Tensor) -> "QueryState":
         return QueryState.of(self.uid, self.z[idx], self.k[idx], self.mean[idx], self.var[idx], self.target[idx])
 
-    def cat(self, other: "QueryState") -> "QueryState":
-        if other.uid != self.uid:
+    def cat(self, *others: "QueryState") -> "QueryState":
+        """These rows, then those of ``others`` (one copy of each state's columns)."""
+        if any(o.uid != self.uid for o in others):
             raise ValueError("Query states of two posteriors cannot be joined.")
-        if other.n != self.n:
+        if any(o.n != self.n for o in others):
             raise ValueError("Query states of one posterior have the same columns.")
-        return QueryState(self.uid, torch.cat([self.z, other.z]), _Columns(self.k, other.k), self.n,
-                          torch.cat([self.mean, other.mean]), torch.cat([self.var, other.var]),
-                          torch.cat([self.target, other.target]))
+        parts = (self, *others)
+        return QueryState(self.uid, torch.cat([p.z for p in parts]), _Columns(self.k, *(o.k for o in others)), self.n,
+                          torch.cat([p.mean for p in parts]), torch.cat([p.var for p in parts]),
+                          torch.cat([p.target for p in parts]))
 
 
 class Posterior:

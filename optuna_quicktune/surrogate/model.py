@@ -274,9 +274,8 @@ class QuickTuneSurrogate:
         sign: float = 1.0,
     ) -> Batch:
         """Network inputs for candidates ``X`` (encoded), each with an observed curve prefix."""
-        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        X, target_arr, fmax_arr, mf_u = self._inputs(X, target, fidelity_max, metafeatures)
         q, F = X.shape[0], self.prep.max_fidelity
-        self._check_fidelity(fidelity_max)
         prefix_z = np.zeros((q, F))
         lengths = np.zeros(q, dtype=np.int64)
         if prefixes is not None:
@@ -291,9 +290,7 @@ class QuickTuneSurrogate:
             if lengths.any():
                 # z is elementwise; entries beyond a row's length are masked out by Batch.build.
                 prefix_z = np.where(np.arange(F)[None, :] < lengths[:, None], self.prep.z(raw, sign), 0.0)
-        target_arr = np.broadcast_to(np.asarray(target, dtype=np.float64), (q,))
-        mf_u = np.broadcast_to(self.prep.metafeatures(metafeatures), (q, len(self.prep.metafeature_names)))
-        return Batch.build(X, prefix_z, lengths, target_arr, np.full(q, float(fidelity_max)), mf_u, F)
+        return Batch.build(X, prefix_z, lengths, target_arr, fmax_arr, mf_u, F)
 
     # --------------------------------------------------------------- predictions
     def predict(
@@ -335,22 +332,25 @@ class QuickTuneSurrogate:
         metafeatures: Mapping[str, float] | np.ndarray | None,
     ) -> np.ndarray:
         """Predicted seconds of the step that reaches fidelity ``target`` (strictly positive)."""
-        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        q = X.shape[0]
-        self._check_fidelity(fidelity_max)
-        target_arr = np.broadcast_to(np.asarray(target, dtype=np.float64), (q,))
-        mf_u = np.broadcast_to(self.prep.metafeatures(metafeatures), (q, len(self.prep.metafeature_names)))
-        b = Batch.without_curve(X, target_arr, np.full(q, float(fidelity_max)), mf_u)
+        b = Batch.without_curve(*self._inputs(X, target, fidelity_max, metafeatures))
         with single_thread():
             return self.prep.cost(self.cost.predict_log(b))
 
-    def _check_fidelity(self, fidelity_max: int) -> None:
-        F = self.prep.max_fidelity
+    def _inputs(
+        self, X: np.ndarray, target: np.ndarray | Sequence[int] | int, fidelity_max: int,
+        metafeatures: Mapping[str, float] | np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The per-row inputs every network reads: configurations, target, fidelity max, meta-features."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        q, F = X.shape[0], self.prep.max_fidelity
         if fidelity_max > F:
             raise ValueError(
                 f"The task's max fidelity {fidelity_max} exceeds the surrogate's {F}: the surrogate never "
                 "saw curves that long. Report fewer fidelity steps or meta-train on longer curves."
             )
+        target_arr = np.broadcast_to(np.asarray(target, dtype=np.float64), (q,))
+        mf_u = np.broadcast_to(self.prep.metafeatures(metafeatures), (q, len(self.prep.metafeature_names)))
+        return X, target_arr, np.full(q, float(fidelity_max)), mf_u
 
     # --------------------------------------------------------------- persistence
     def save(self, directory: str) -> None:

@@ -167,10 +167,7 @@ class _Chunks:
 
     def rows(self, idx: torch.Tensor) -> "_Chunks":
         """The rows ``idx`` (increasing positions) as one block."""
-        joined = self.blocks[0]
-        for b in self.blocks[1:]:
-            joined = joined.cat(b)
-        return _Chunks((joined.rows(idx),))
+        return _Chunks((self.blocks[0].cat(*self.blocks[1:]).rows(idx),))
 
 
 def task_rows(b: Batch) -> torch.Tensor:
