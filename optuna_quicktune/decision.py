@@ -41,9 +41,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from optuna_quicktune.acquisition import cost_aware_score
+from optuna_quicktune.paused_rows import PausedInputs, PausedRows
 from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.study_state import StudyState, TrialView
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
+from optuna_quicktune.surrogate.query_cache import row_keys
 
 __all__ = ["Action", "Decision", "DecisionSettings", "Pool", "PredictionCache", "local_candidates"]
 
@@ -284,22 +286,45 @@ class Decision:
         ]
 
     def _continuation_scores(self, views: Sequence[TrialView], kind: str) -> tuple[np.ndarray, ...]:
-        prefixes = [v.prefix for v in views]
-
-        def predict(cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            X = self.encode(views)
-            return self.predict_horizon(X, prefixes, steps=self.config_step_costs(X), cache=cache)
-
         if kind == "resume":  # a paused curve does not change until it is resumed
-            key = (self.surrogate.view_id, "resume", self._mf_key(), self.fidelity_max, self.sign,
-                   tuple((v.number, len(v.prefix)) for v in views))
-            mean, std, cost = self.cache.get(key, predict)
+            mean, std, cost, target = self._resume_predictions(views)
         else:  # a running trial's curve grows at every call: its rows are never asked for again
-            mean, std, cost = predict(cache=False)
-        target = self.targets(prefixes)
+            prefixes = [v.prefix for v in views]
+            X = self.encode(views)
+            mean, std, cost = self.predict_horizon(X, prefixes, steps=self.config_step_costs(X), cache=False)
+            target = self.targets(prefixes)
         incumbents = {int(b): self.state.incumbent(int(b)) for b in np.unique(target)}
         inc = np.array([incumbents[int(b)] for b in target])
         return cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), target, mean, std
+
+    def _resume_predictions(self, views: Sequence[TrialView]) -> tuple[np.ndarray, ...]:
+        """Sign-adjusted mean, std, cost and target fidelity of resuming each paused run.
+
+        The runs' inputs come from one :class:`PausedRows` table per networks and task setting,
+        built once per run; only the predictions follow the view.
+        """
+        fmax, horizon = self.fidelity_max, self.settings.horizon
+        table = self.cache.get(("paused-rows", self.study_name, self.surrogate.cost_id, self._mf_key(), fmax, self.sign,
+                                horizon), PausedRows)
+        idx = table.rows(views, self._paused_inputs)
+        rows = table.gather(idx)
+
+        def predict() -> tuple[np.ndarray, np.ndarray]:
+            mean, std = self.surrogate.predict_batch(rows.batch, sign=self.sign, keys=rows.keys)
+            return self.sign * mean, std
+
+        mean, std = self.cache.get((self.surrogate.view_id, "resume", table.token, idx.tobytes()), predict)
+        return mean, std, rows.cost, rows.target
+
+    def _paused_inputs(self, views: list[TrialView]) -> PausedInputs:
+        """The :class:`PausedInputs` of runs not seen before (see :meth:`_resume_predictions`)."""
+        X = self.encode(views)
+        prefixes = [v.prefix for v in views]
+        target = self.targets(prefixes)
+        b = self.surrogate.batch(X, prefixes, target, fidelity_max=self.fidelity_max, metafeatures=self.metafeatures,
+                                 sign=self.sign)
+        cost = self._cost_to(self.config_step_costs(X), prefixes, target)
+        return PausedInputs(b, row_keys(b), target, cost)
 
     def encode(self, views: Sequence[TrialView]) -> np.ndarray:
         """The encoded configurations of ``views`` (each view encodes its configuration once)."""
@@ -325,14 +350,18 @@ class Decision:
         key = None if pool is None else ("pool", pool.key, self._mf_key(), fmax, self.sign, self.settings.horizon)
         mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign,
                               query_key=key, cache=cache)
-        start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
         if steps is None:
             steps = self.pool_step_costs() if pool is self.pool else self.config_step_costs(X)
-        cum = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(steps, axis=1)], axis=1)
-        rows = np.arange(X.shape[0])
+        return self.sign * mean, std, self._cost_to(steps, prefixes, target)
+
+    def _cost_to(self, steps: np.ndarray, prefixes: Sequence[np.ndarray], target: np.ndarray) -> np.ndarray:
+        """Predicted cost of the steps after each prefix up to its target (``steps``: per-step costs)."""
+        fmax = self.fidelity_max
+        start = np.array([len(p) + 1 for p in prefixes], dtype=np.int64)
+        cum = np.concatenate([np.zeros((steps.shape[0], 1)), np.cumsum(steps, axis=1)], axis=1)
+        rows = np.arange(steps.shape[0])
         hi, lo = np.clip(target, 0, fmax).astype(np.int64), np.clip(start - 1, 0, fmax)
-        cost = np.where(hi >= start, cum[rows, hi] - cum[rows, lo], 0.0)
-        return self.sign * mean, std, cost
+        return np.where(hi >= start, cum[rows, hi] - cum[rows, lo], 0.0)
 
     def config_step_costs(self, X: np.ndarray) -> np.ndarray:
         """:meth:`step_costs` of each row, remembered per configuration (cost does not depend on the view).

@@ -123,14 +123,15 @@ class PerformanceSurrogate:
             self._posterior = post
         return self._posterior
 
-    def predict_z(self, b: Batch, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def predict_z(self, b: Batch, cache: bool = True, keys: list[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the normalised score (calibrated by ``std_scale``).
 
         ``cache=False`` skips the query cache, for rows that will not be asked for again.
+        ``keys``: the rows' keys in the query cache (``row_keys(b)``), when the caller kept them.
         """
         with torch.no_grad():
             if cache:
-                mean, var = self.queries.predict(self.posterior(), b, self.embed)
+                mean, var = self.queries.predict(self.posterior(), b, self.embed, keys)
             else:
                 q = self.posterior().query(self.embed(b), task_rows(b))
                 mean, var = q.mean, q.var.clamp_min(1e-9)
@@ -321,6 +322,17 @@ class QuickTuneSurrogate:
                 mz, sz = self.performance.predict_z_set(query_key, make)
             else:
                 mz, sz = self.performance.predict_z(make(), cache=cache)
+        return self.prep.y(mz, sign), sz * self.prep.y_std
+
+    def predict_batch(self, b: Batch, *, sign: float = 1.0, keys: list[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` of network inputs the caller built with :meth:`batch` and kept.
+
+        Why: rows whose inputs do not change between decisions (a paused run's curve) need not be
+        rebuilt at every one; ``keys`` (:func:`~.query_cache.row_keys` of ``b``) are kept with them.
+        ``sign`` must be the one ``b`` was built with.
+        """
+        with single_thread():
+            mz, sz = self.performance.predict_z(b, keys=keys)
         return self.prep.y(mz, sign), sz * self.prep.y_std
 
     def predict_cost(

@@ -28,7 +28,7 @@ import torch
 from optuna_quicktune.surrogate.gp import Posterior, QueryState
 from optuna_quicktune.surrogate.preprocessing import Batch
 
-__all__ = ["QueryCache", "task_rows"]
+__all__ = ["QueryCache", "row_keys", "task_rows"]
 
 
 class QueryCache:
@@ -91,9 +91,17 @@ class QueryCache:
                 self._sets.popitem(last=False)
         return state.mean, state.var.clamp_min(1e-9)
 
-    def predict(self, post: Posterior, b: Batch, embed: Callable[[Batch], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and (noisy) variance of every row of ``b`` under ``post``."""
-        keys = _row_keys(b)
+    def predict(
+        self, post: Posterior, b: Batch, embed: Callable[[Batch], torch.Tensor], keys: list[bytes] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (noisy) variance of every row of ``b`` under ``post``.
+
+        ``keys``: ``row_keys(b)``, when the caller kept them from an earlier call.
+        """
+        if keys is None:
+            keys = row_keys(b)
+        elif len(keys) != len(b):
+            raise ValueError(f"Got {len(keys)} row keys for {len(b)} rows.")
         with self._lock:
             state, index = self._start(post)
             missing: dict[bytes, int] = {}
@@ -179,7 +187,8 @@ def task_rows(b: Batch) -> torch.Tensor:
     return (b.curve[:, -1] == 0).to(torch.float64)
 
 
-def _row_keys(b: Batch) -> list[bytes]:
+def row_keys(b: Batch) -> list[bytes]:
+    """Each row's key in the cache: the bytes of its network inputs (equal keys, equal inputs)."""
     rows = np.ascontiguousarray(torch.cat([b.x, b.curve, b.budget, b.mf], 1).numpy())
     return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel().tolist()
 
