@@ -306,14 +306,13 @@ class Decision:
         fmax, horizon = self.fidelity_max, self.settings.horizon
         table = self.cache.get(("paused-rows", self.study_name, self.surrogate.cost_id, self._mf_key(), fmax, self.sign,
                                 horizon), PausedRows)
-        idx = table.rows(views, self._paused_inputs)
-        rows = table.gather(idx)
+        rows, name = table.lookup(views, self._paused_inputs)
 
         def predict() -> tuple[np.ndarray, np.ndarray]:
             mean, std = self.surrogate.predict_batch(rows.batch, sign=self.sign, keys=rows.keys)
             return self.sign * mean, std
 
-        mean, std = self.cache.get((self.surrogate.view_id, "resume", table.token, idx.tobytes()), predict)
+        mean, std = self.cache.get((self.surrogate.view_id, "resume", *name), predict)
         return mean, std, rows.cost, rows.target
 
     def _paused_inputs(self, views: list[TrialView]) -> PausedInputs:

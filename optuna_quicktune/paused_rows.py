@@ -18,6 +18,7 @@ change to a finished trial, so within one study that pair names one configuratio
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -53,6 +54,7 @@ class PausedRows:
         self.max_extra = int(max_extra)
         self._index: dict[tuple[int, int], int] = {}
         self._rows: PausedInputs | None = None
+        self._lock = threading.Lock()  # threads of one process share the decision's cache
         # Names this table's row numbering: a new token whenever rows are renumbered, so that a
         # cached prediction keyed by row numbers is never read for other rows.
         self.token = next(_TOKENS)
@@ -60,8 +62,16 @@ class PausedRows:
     def __len__(self) -> int:
         return len(self._index)
 
-    def rows(self, views: Sequence[TrialView], build: Callable[[list[TrialView]], PausedInputs]) -> np.ndarray:
-        """The row of each view, building (with ``build``) the rows of views not seen before."""
+    def lookup(
+        self, views: Sequence[TrialView], build: Callable[[list[TrialView]], PausedInputs],
+    ) -> tuple[PausedInputs, tuple[int, bytes]]:
+        """The inputs of ``views`` (building, with ``build``, those of views not seen before), and a
+        name of this exact row set (equal names, equal rows) for caching predictions of it."""
+        with self._lock:
+            idx = self._rows_of(views, build)
+            return self._gather(idx), (self.token, idx.tobytes())
+
+    def _rows_of(self, views: Sequence[TrialView], build: Callable[[list[TrialView]], PausedInputs]) -> np.ndarray:
         names = [(v.number, len(v.prefix)) for v in views]
         index = self._index
         new: dict[tuple[int, int], int] = {}
@@ -78,17 +88,15 @@ class PausedRows:
             idx = self._keep(idx)
         return idx
 
-    def gather(self, idx: np.ndarray) -> PausedInputs:
-        """The inputs of rows ``idx`` (as :meth:`rows` returned them)."""
-        if self._rows is None:
-            raise ValueError("The table has no rows yet: call rows() first.")
+    def _gather(self, idx: np.ndarray) -> PausedInputs:
+        assert self._rows is not None
         r, t = self._rows, torch.as_tensor(idx, dtype=torch.long)
         return PausedInputs(r.batch.select(t), [r.keys[i] for i in idx.tolist()], r.target[idx], r.cost[idx])
 
     def _keep(self, idx: np.ndarray) -> np.ndarray:
         """Keep only the rows ``idx`` (renumbered in their old order); the new row of each entry of ``idx``."""
         keep, inverse = np.unique(idx, return_inverse=True)
-        old = self.gather(keep)
+        old = self._gather(keep)
         by_row = {row: name for name, row in self._index.items()}
         self._index = {by_row[int(row)]: new for new, row in enumerate(keep)}
         self._rows = old

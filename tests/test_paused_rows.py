@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import optuna
 import pytest
@@ -85,19 +87,42 @@ def test_rows_are_built_once_and_the_table_stays_bounded():
         return _fake_inputs(views)
 
     table = PausedRows(max_extra=4)
-    idx = table.rows(_views([3, 1, 2]), build)
-    assert built == [3, 1, 2] and table.gather(idx).cost.tolist() == [30.0, 10.0, 20.0]
+    rows, name = table.lookup(_views([3, 1, 2]), build)
+    assert built == [3, 1, 2] and rows.cost.tolist() == [30.0, 10.0, 20.0]
     token = table.token
-    idx = table.rows(_views([2, 5, 3]), build)
-    assert built == [3, 1, 2, 5] and table.token == token  # only the new run was built
-    rows = table.gather(idx)
+    rows, name2 = table.lookup(_views([2, 5, 3]), build)
+    assert built == [3, 1, 2, 5] and table.token == token and name2 != name  # only the new run was built
     assert rows.cost.tolist() == [20.0, 50.0, 30.0] and rows.keys == [b"\x02", b"\x05", b"\x03"]
     assert rows.batch.x[:, 0].tolist() == [2.0, 5.0, 3.0]
+    assert table.lookup(_views([2, 5, 3]), build)[1] == name2  # the same rows, the same name
     # Past max_extra rows beyond the request, the table keeps the request's rows only and
-    # renumbers them (a new token, so no prediction keyed by the old numbers is read again).
-    idx = table.rows(_views([9, 8, 7, 6]), build)
+    # renumbers them under a new token, so no prediction keyed by the old names is read again.
+    table.lookup(_views([9, 8, 7, 6]), build)
     assert len(table) == 8 and table.token == token
-    idx = table.rows(_views([6, 10]), build)
-    assert len(table) == 2 and table.token != token
-    assert table.gather(idx).cost.tolist() == [60.0, 100.0]
-    assert table.gather(table.rows(_views([10]), build)).cost.tolist() == [100.0]
+    rows, name = table.lookup(_views([6, 10]), build)
+    assert len(table) == 2 and table.token != token and name[0] == table.token
+    assert rows.cost.tolist() == [60.0, 100.0]
+    assert table.lookup(_views([10]), build)[0].cost.tolist() == [100.0] and built[-1] == 10
+
+
+def test_threads_share_one_table():
+    """The decision's cache (and so one table) is shared by the threads of one process."""
+    table = PausedRows(max_extra=8)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(300):
+                numbers = [int(k) for k in rng.choice(200, size=int(rng.integers(1, 30)), replace=False)]
+                rows, _ = table.lookup(_views(numbers), _fake_inputs)
+                assert rows.cost.tolist() == [10.0 * k for k in numbers]
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
