@@ -317,22 +317,22 @@ class QuickTuneSurrogate:
         def make() -> Batch:
             return self.batch(X, prefixes, target, fidelity_max=fidelity_max, metafeatures=metafeatures, sign=sign)
 
+        if query_key is None:
+            return self.predict_batch(make(), sign=sign, cache=cache)
         with single_thread():
-            if query_key is not None:
-                mz, sz = self.performance.predict_z_set(query_key, make)
-            else:
-                mz, sz = self.performance.predict_z(make(), cache=cache)
+            mz, sz = self.performance.predict_z_set(query_key, make)
         return self.prep.y(mz, sign), sz * self.prep.y_std
 
-    def predict_batch(self, b: Batch, *, sign: float = 1.0, keys: list[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`predict` of network inputs the caller built with :meth:`batch` and kept.
+    def predict_batch(
+        self, b: Batch, *, sign: float = 1.0, keys: list[bytes] | None = None, cache: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` of network inputs built with :meth:`batch` (``sign`` must be the one used).
 
         Why: rows whose inputs do not change between decisions (a paused run's curve) need not be
         rebuilt at every one; ``keys`` (:func:`~.query_cache.row_keys` of ``b``) are kept with them.
-        ``sign`` must be the one ``b`` was built with.
         """
         with single_thread():
-            mz, sz = self.performance.predict_z(b, keys=keys)
+            mz, sz = self.performance.predict_z(b, cache=cache, keys=keys)
         return self.prep.y(mz, sign), sz * self.prep.y_std
 
     def predict_cost(
