@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,9 +209,8 @@ class Decision:
                            final_mean=float(self.sign * mean[i]) if final else float("nan"),
                            final_std=float(std[i]) if final else float("nan"))
                     for i in order if np.isfinite(scores[i])]
-        paused = [v for v in self.state.resumable() if v.number != exclude and len(v.prefix) < self.fidelity_max
-                  and v.in_space]
-        out += self.continuations(paused, kind="resume", limit=limit)
+        paused, names = self.state.scorable_paused(self.fidelity_max, exclude)
+        out += self.continuations(paused, kind="resume", limit=limit, names=names)
         out.sort(key=lambda a: (-a.priority, -a.score))
         return out if limit is None else out[:limit]
 
@@ -236,9 +234,7 @@ class Decision:
         """The next unused portfolio member while the study has started fewer than ``portfolio_first``."""
         if not self.portfolio_order:
             return None
-        started = sum(1 for v in self.state.trials.values()
-                      if v.resume_of is None and v.config_id is not None and v.number != claimant)
-        if started >= self.settings.portfolio_first:
+        if self.state.n_started(exclude=claimant) >= self.settings.portfolio_first:
             return None
         return next((cid for cid in self.portfolio_order if cid not in used), None)
 
@@ -246,9 +242,7 @@ class Decision:
         """All neighbours of the study's three best finished runs (seeded by the study and those runs), used or not."""
         if not self.settings.n_local:
             return Pool([], np.zeros((0, self.space.dim)), [])
-        ends = [v for v in self.state.trials.values()
-                if v.best > -np.inf and not v.continued and v.state.is_finished() and v.in_space]
-        best = heapq.nsmallest(3, ends, key=lambda v: (-v.best, v.number))
+        best = self.state.best_runs(3)
         key = (self.seed, tuple(v.number for v in best))
         n, scale = self.settings.n_local, self.settings.local_scale
         return self.cache.get(
@@ -270,11 +264,18 @@ class Decision:
         return self.cache.get(key, lambda: self.surrogate.predict(
             self.pool.X, None, self.fidelity_max, fidelity_max=self.fidelity_max, metafeatures=self.metafeatures, sign=self.sign))
 
-    def continuations(self, views: Sequence[TrialView], kind: str, limit: int | None = None) -> list[Action]:
-        """Resuming (``kind="resume"``) or continuing each view, scored; the best ``limit`` if given."""
+    def continuations(
+        self, views: Sequence[TrialView], kind: str, limit: int | None = None,
+        names: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Action]:
+        """Resuming (``kind="resume"``) or continuing each view, scored; the best ``limit`` if given.
+
+        ``names``: each view's ``(number, curve length)`` when the caller has them
+        (:meth:`StudyState.scorable_paused`).
+        """
         if not views:
             return []
-        scores, target, mean, std = self._continuation_scores(views, kind)
+        scores, target, mean, std = self._continuation_scores(views, kind, names)
         order = range(len(views)) if limit is None else np.argsort(-scores, kind="stable")[:limit]
         return [
             Action(kind, dict(views[i].params), views[i].config_id or self.space.config_id(views[i].params),
@@ -285,19 +286,23 @@ class Decision:
             for i in order
         ]
 
-    def _continuation_scores(self, views: Sequence[TrialView], kind: str) -> tuple[np.ndarray, ...]:
+    def _continuation_scores(
+        self, views: Sequence[TrialView], kind: str, names: Sequence[tuple[int, int]] | None = None,
+    ) -> tuple[np.ndarray, ...]:
         if kind == "resume":  # a paused curve does not change until it is resumed
-            mean, std, cost, target = self._resume_predictions(views)
+            mean, std, cost, target = self._resume_predictions(views, names)
         else:  # a running trial's curve grows at every call: its rows are never asked for again
             prefixes = [v.prefix for v in views]
             X = self.encode(views)
             mean, std, cost = self.predict_horizon(X, prefixes, steps=self.config_step_costs(X), cache=False)
             target = self.targets(prefixes)
-        incumbents = {int(b): self.state.incumbent(int(b)) for b in np.unique(target)}
-        inc = np.array([incumbents[int(b)] for b in target])
+        levels, at = np.unique(target, return_inverse=True)
+        inc = np.array([self.state.incumbent(int(b)) for b in levels])[at.reshape(-1)]
         return cost_aware_score(mean, std, inc, cost, self.settings.cost_exponent), target, mean, std
 
-    def _resume_predictions(self, views: Sequence[TrialView]) -> tuple[np.ndarray, ...]:
+    def _resume_predictions(
+        self, views: Sequence[TrialView], names: Sequence[tuple[int, int]] | None = None,
+    ) -> tuple[np.ndarray, ...]:
         """Sign-adjusted mean, std, cost and target fidelity of resuming each paused run.
 
         The runs' inputs come from one :class:`PausedRows` table per networks and task setting,
@@ -306,7 +311,7 @@ class Decision:
         fmax, horizon = self.fidelity_max, self.settings.horizon
         table = self.cache.get(("paused-rows", self.study_name, self.surrogate.cost_id, self._mf_key(), fmax, self.sign,
                                 horizon), PausedRows)
-        rows, name = table.lookup(views, self._paused_inputs)
+        rows, name = table.lookup(views, self._paused_inputs, names)
 
         def predict() -> tuple[np.ndarray, np.ndarray]:
             mean, std = self.surrogate.predict_batch(rows.batch, sign=self.sign, keys=rows.keys)

@@ -55,6 +55,7 @@ class PausedRows:
         self._index: dict[tuple[int, int], int] = {}
         self._rows: PausedInputs | None = None
         self._lock = threading.Lock()  # threads of one process share the decision's cache
+        self._last: tuple[tuple[tuple[int, int], ...], tuple[PausedInputs, tuple[int, bytes]]] | None = None
         # Names this table's row numbering: a new token whenever rows are renumbered, so that a
         # cached prediction keyed by row numbers is never read for other rows.
         self.token = next(_TOKENS)
@@ -64,15 +65,26 @@ class PausedRows:
 
     def lookup(
         self, views: Sequence[TrialView], build: Callable[[list[TrialView]], PausedInputs],
+        names: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[PausedInputs, tuple[int, bytes]]:
         """The inputs of ``views`` (building, with ``build``, those of views not seen before), and a
-        name of this exact row set (equal names, equal rows) for caching predictions of it."""
-        with self._lock:
-            idx = self._rows_of(views, build)
-            return self._gather(idx), (self.token, idx.tobytes())
+        name of this exact row set (equal names, equal rows) for caching predictions of it.
 
-    def _rows_of(self, views: Sequence[TrialView], build: Callable[[list[TrialView]], PausedInputs]) -> np.ndarray:
-        names = [(v.number, len(v.prefix)) for v in views]
+        ``names``: each view's ``(number, len(prefix))``, when the caller has them.
+        """
+        names = tuple((v.number, len(v.prefix)) for v in views) if names is None else tuple(names)
+        with self._lock:
+            # The pruner asks for the same paused runs at every rung of a trial: answered as before.
+            if self._last is not None and (names is self._last[0] or names == self._last[0]):
+                return self._last[1]
+            idx = self._rows_of(names, views, build)
+            out = self._gather(idx), (self.token, idx.tobytes())
+            self._last = (names, out)
+            return out
+
+    def _rows_of(
+        self, names: Sequence[tuple[int, int]], views: Sequence[TrialView], build: Callable[[list[TrialView]], PausedInputs],
+    ) -> np.ndarray:
         index = self._index
         new: dict[tuple[int, int], int] = {}
         for i, name in enumerate(names):

@@ -192,7 +192,7 @@ class QuickTuneSampler(BaseSampler):
         self._check_single_objective(study)
         # Only names the objective declared with the surrogate's distribution (else Optuna would fail
         # the trial); the rest, and the first trial's, are served by sample_independent.
-        return self.space.relative_space_for(self.space.declared(study.get_trials(deepcopy=False)))
+        return self.space.relative_space_for(self.space.declared_last(study.get_trials(deepcopy=False)))
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

@@ -153,6 +153,22 @@ class SearchSpace:
             out.update(t.distributions)
         return out
 
+    def declared_last(self, trials: Sequence[Any]) -> dict[str, BaseDistribution]:
+        """:meth:`declared` restricted to this space's parameters (what :meth:`relative_space_for` reads).
+
+        Read from the latest trial back, stopping once every parameter has been seen: a long study
+        asks this before every trial, and the earlier trials cannot change the answer then.
+        """
+        out: dict[str, BaseDistribution] = {}
+        want = len(self.distributions)
+        for t in reversed(trials):
+            for k, d in t.distributions.items():
+                if k in self.distributions and k not in out:
+                    out[k] = d
+            if len(out) == want:
+                break
+        return out
+
     @classmethod
     def infer(
         cls, configs: Sequence[Mapping[str, Any]], distributions: Mapping[str, BaseDistribution], name: str = "custom"

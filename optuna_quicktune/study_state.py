@@ -15,6 +15,8 @@ the configuration (a child reports from where its parent stopped).
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
 from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.study_index import HeadIndex, is_candidate, is_resumable, is_started
 
 __all__ = ["TrialView", "StudyState", "trial_params", "trial_config_id"]
 
@@ -59,6 +62,9 @@ class StudyState:
     best_at: dict[int, float] = field(default_factory=dict)  # fidelity -> best sign*value observed
     ends: tuple[TrialView, ...] = ()  # the finished runs the surrogate is conditioned on (TrialView.is_end)
     end_points: frozenset[tuple[int, int]] = frozenset()  # (number, length) of each end: names the conditioning set
+    # The head's answers (None: none kept, every query walks every trial) and the trials after it.
+    index: HeadIndex | None = field(default=None, repr=False, compare=False)
+    tail: tuple[int, ...] = ()
 
     @classmethod
     def build(
@@ -72,18 +78,21 @@ class StudyState:
         trials, which the next build extends instead of re-reading (a long study's decisions would
         otherwise each cost a pass over every trial); the result is the same with or without it.
         """
-        ordered = trials if all(a.number < b.number for a, b in zip(trials, trials[1:])) else sorted(trials, key=lambda t: t.number)
-        head = _Head.empty() if memo is None else memo.get(("head", space.fingerprint, sign), _Head.empty())
+        numbers = [t.number for t in trials]
+        ordered = trials if all(map(operator.lt, numbers, numbers[1:])) else sorted(trials, key=lambda t: t.number)
+        head = _Head.empty(sign) if memo is None else memo.get(("head", space.fingerprint, sign), _Head.empty(sign))
         if not head.leads(ordered):
-            head = _Head.empty()
+            head = _Head.empty(sign)
         k = next((i for i in range(len(head.ids), len(ordered)) if not ordered[i].state.is_finished()), len(ordered))
         if memo is not None and k > len(head.ids):
             # The finished trials since the last build join the head, which later builds reuse.
             st = cls(space, dict(head.trials))
-            best = st._add(ordered[len(head.ids):k], sign, memo)
-            new = tuple(st.trials[t.number] for t in ordered[len(head.ids):k] if st.trials[t.number].is_end)
-            head = _Head(head.ids + _identities(ordered[len(head.ids):k]), st.trials, _merge_best(head.best, best),
-                         head.ends + new, head.end_points | _points(new))
+            joined = ordered[len(head.ids):k]
+            best = st._add(joined, sign, memo)
+            new = tuple(st.trials[t.number] for t in joined if st.trials[t.number].is_end)
+            head = _Head(head.ids + _identities(joined), st.trials, _merge_best(head.best, best),
+                         head.ends + new, head.end_points | _points(new),
+                         head.index.extended(st.trials, [t.number for t in joined]))
             memo[("head", space.fingerprint, sign)] = head
         st = cls(space, dict(head.trials))
         rest = ordered[len(head.ids):]
@@ -91,6 +100,7 @@ class StudyState:
         new = tuple(st.trials[t.number] for t in rest if st.trials[t.number].is_end)
         # The head's set itself when nothing was added (its hash is computed once, not per build).
         st.ends, st.end_points = head.ends + new, (head.end_points | _points(new)) if new else head.end_points
+        st.index, st.tail = head.index, tuple(t.number for t in rest)
         return st
 
     def _add(self, trials: Sequence[FrozenTrial], sign: float, memo: dict[Any, Any] | None) -> dict[int, float]:
@@ -117,11 +127,60 @@ class StudyState:
     # ------------------------------------------------------------------ queries
     def used_config_ids(self, exclude: int | None = None) -> set[str]:
         """Configurations already started, enqueued or finished (never proposed again as new)."""
-        return {v.config_id for n, v in self.trials.items() if v.config_id is not None and n != exclude}
+        h = self.index
+        if h is None or (exclude is not None and exclude in self.trials and exclude not in self.tail):
+            return {v.config_id for n, v in self.trials.items() if v.config_id is not None and n != exclude}
+        out = set(h.used)
+        out.update(v.config_id for n in self.tail if (v := self.trials[n]).config_id is not None and n != exclude)
+        return out
 
     def resumable(self) -> list[TrialView]:
         """Paused trials with a checkpoint that nobody has continued yet."""
-        return [v for v in self.trials.values() if v.paused and not v.continued and v.state == TrialState.PRUNED]
+        if self.index is None:
+            return [v for v in self.trials.values() if is_resumable(v)]
+        tail = [self.trials[n] for n in self.tail]
+        gone = {v.resume_of for v in tail if v.resume_of is not None}  # head runs a later trial continues
+        return [v for v in self.index.resumable if v.number not in gone] + [v for v in tail if is_resumable(v)]
+
+    def scorable_paused(
+        self, fidelity_max: int, exclude: int | None = None,
+    ) -> tuple[Sequence[TrialView], Sequence[tuple[int, int]]]:
+        """The paused runs a decision scores as resumptions (in the space, curve shorter than
+        ``fidelity_max``; ``exclude`` aside), and their names ``(number, curve length)``.
+
+        Why the names: the paused-run table (:class:`~.paused_rows.PausedRows`) recognises a set
+        it has seen by them; from the head they come ready, the same object at every decision.
+        """
+        h = self.index
+        if h is None:
+            views = [v for v in self.resumable() if v.number != exclude and len(v.prefix) < fidelity_max and v.in_space]
+            return views, tuple((v.number, len(v.prefix)) for v in views)
+        tail = [self.trials[n] for n in self.tail]
+        gone = {v.resume_of for v in tail if v.resume_of is not None} | {exclude}
+        views, names = h.scorable(fidelity_max)
+        if not gone.isdisjoint(h.resumable_numbers):
+            keep = [i for i, v in enumerate(views) if v.number not in gone]
+            views, names = tuple(views[i] for i in keep), tuple(names[i] for i in keep)
+        more = [v for v in tail if is_resumable(v) and v.number != exclude and len(v.prefix) < fidelity_max and v.in_space]
+        if more:
+            views, names = views + tuple(more), names + tuple((v.number, len(v.prefix)) for v in more)
+        return views, names
+
+    def n_started(self, exclude: int | None = None) -> int:
+        """How many trials started a configuration of their own (not resumptions), ``exclude`` aside."""
+        if self.index is None:
+            return sum(1 for v in self.trials.values() if is_started(v) and v.number != exclude)
+        mine = exclude is not None and exclude in self.trials and is_started(self.trials[exclude])
+        return self.index.started + sum(1 for n in self.tail if is_started(self.trials[n])) - int(mine)
+
+    def best_runs(self, k: int) -> list[TrialView]:
+        """The ``k`` finished runs with the best scores (ties: the earlier trial) that nobody continues."""
+        if self.index is None:
+            pool = [v for v in self.trials.values() if is_candidate(v)]
+        else:
+            pool = self.index.best_candidates(self.trials, k)
+            pool += [v for n in self.tail if is_candidate(v := self.trials[n])]
+        return heapq.nsmallest(k, pool, key=lambda v: (-v.best, v.number))
 
     def n_observations(self) -> int:
         return int(sum(len(v.prefix) for v in self.trials.values() if v.resume_of is None))
@@ -146,11 +205,16 @@ class StudyState:
             chain.add(n)
             n = self.trials[n].resume_of if n in self.trials else None
         mine = sign * float(self.trials[number].prefix[step - 1])
+        h = self.index
+        rest = self.trials if h is None or h.sign != sign else {n: self.trials[n] for n in self.tail}
         others = [
-            sign * float(v.prefix[min(step, len(v.prefix)) - 1]) for k, v in self.trials.items()
+            sign * float(v.prefix[min(step, len(v.prefix)) - 1]) for k, v in rest.items()
             if k not in chain and len(v.prefix) > 0
         ]
         others = [o for o in others if np.isfinite(o)]
+        if rest is not self.trials:
+            head = h.lead_max(step, chain)  # type: ignore[union-attr]
+            others += [] if head is None else [head]
         return bool(others) and bool(np.isfinite(mine)) and mine >= max(others)
 
     def has_other_runs(self, number: int) -> bool:
@@ -233,10 +297,11 @@ class _Head:
     best: dict[int, float]
     ends: tuple[TrialView, ...]
     end_points: frozenset[tuple[int, int]]
+    index: HeadIndex
 
     @classmethod
-    def empty(cls) -> "_Head":
-        return cls((), {}, {}, (), frozenset())
+    def empty(cls, sign: float) -> "_Head":
+        return cls((), {}, {}, (), frozenset(), HeadIndex(sign))
 
     def leads(self, ordered: Sequence[FrozenTrial]) -> bool:
         """Whether ``ordered`` starts with these very trials.

@@ -363,3 +363,23 @@ def test_portfolio_and_dashboard_show_active_parameters_only(cond_family, cond_s
         cells = dict(zip(cols, (c.strip() for c in ln.strip().strip("|").split("|"))))
         for name in ("adam_beta1", "adam_beta2"):
             assert (cells[name] == "") == (name not in r["config"]), (name, ln)
+
+
+def test_latest_declarations_read_backwards_equal_the_full_walk():
+    """The sampler reads the declarations from the newest trial back; the answer is the full walk's."""
+    space = lora_space()
+    ours = dict(space.distributions)
+    name = next(iter(ours))
+    other = FloatDistribution(0.0, 1.0) if not isinstance(ours[name], FloatDistribution) or ours[name].high != 1.0 else FloatDistribution(0.0, 2.0)
+    trials = [
+        optuna.trial.create_trial(params={}, distributions={}, value=0.0),
+        optuna.trial.create_trial(params={name: other.low, "extra": other.low}, distributions={name: other, "extra": other},
+                                  value=0.0),
+        optuna.trial.create_trial(params={k: space.sample(1, 0)[0][k] for k in ours}, distributions=ours, value=0.0),
+        optuna.trial.create_trial(params={name: other.low}, distributions={name: other}, value=0.0),
+    ]
+    for n in range(len(trials) + 1):
+        full = SearchSpace.declared(trials[:n])
+        assert space.declared_last(trials[:n]) == {k: d for k, d in full.items() if k in ours}
+        assert space.relative_space_for(space.declared_last(trials[:n])) == space.relative_space_for(full)
+    assert name not in space.relative_space_for(space.declared_last(trials))  # the latest declaration wins

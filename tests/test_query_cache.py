@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import optuna
@@ -110,6 +111,17 @@ def _same(a: StudyState, b: StudyState) -> None:
         np.testing.assert_array_equal(va.prefix, vb.prefix)
         assert (va.paused, va.continued, va.config_id, va.resume_of, va.in_space) == (
             vb.paused, vb.continued, vb.config_id, vb.resume_of, vb.in_space)
+    # The head index's answers equal the walk over every trial (index=None), for every question.
+    walk = dataclasses.replace(b, index=None)
+    for st in (a, b):
+        assert [v.number for v in st.resumable()] == [v.number for v in walk.resumable()]
+        assert [v.number for v in st.best_runs(3)] == [v.number for v in walk.best_runs(3)]
+        for n in [None, *a.trials]:
+            assert st.used_config_ids(exclude=n) == walk.used_config_ids(exclude=n)
+            assert st.n_started(exclude=n) == walk.n_started(exclude=n)
+        for n, v in a.trials.items():
+            for step in range(1, len(v.prefix) + 1):
+                assert st.leads(n, step, 1.0) == walk.leads(n, step, 1.0), (n, step)
 
 
 def test_memoised_study_state_equals_a_fresh_build(family):
