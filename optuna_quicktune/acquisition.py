@@ -35,14 +35,17 @@ def cost_aware_score(
     mean: np.ndarray,
     std: np.ndarray,
     incumbent: np.ndarray | float,
-    cost: np.ndarray,
+    cost: np.ndarray | None,
     cost_exponent: float = 1.0,
 ) -> np.ndarray:
     """EI per unit of predicted cost; falls back to the mean where there is no incumbent.
 
     Where some candidates have an incumbent and others do not (a fidelity nobody reached yet),
     the latter get their EI against the lowest finite incumbent so that the two stay comparable.
+    ``cost=None`` (not predicted) is allowed with ``cost_exponent=0``, where any cost divides by 1.
     """
+    if cost is None and cost_exponent != 0:
+        raise ValueError("cost_aware_score needs the predicted cost when cost_exponent is not 0.")
     mean = np.asarray(mean, dtype=np.float64)
     inc = np.broadcast_to(np.asarray(incumbent, dtype=np.float64), mean.shape).copy()
     finite = np.isfinite(inc)
@@ -50,5 +53,7 @@ def cost_aware_score(
         return mean.copy()
     inc[~finite] = inc[finite].min()
     ei = expected_improvement(mean, std, inc)
+    if cost is None:
+        return ei
     cost = np.maximum(np.asarray(cost, dtype=np.float64), 1e-12)
     return ei / cost**cost_exponent

@@ -180,17 +180,26 @@ class Decision:
         """
         used = self.state.used_config_ids(exclude=claimant)
         pool = self.pool
-        mean, std, cost = self.new_predictions()
+        # Costs enter the score only through cost ** cost_exponent: with the default 0 they are
+        # not predicted at all (the pool's alone are 50 cost-network rows per configuration).
+        with_cost = self.settings.cost_exponent != 0
+        mean, std = self.new_mean_std()
+        cost = self.new_costs() if with_cost else None
         local = self._local_all()
         keep = [i for i, cid in enumerate(local.ids) if cid not in used]
         if keep:
             # Predicted as one named row set (all the neighbours, used or not), so that the
             # predictions follow the views like the pool's, and only then filtered.
-            lm, ls, lc = self.cache.get((self.surrogate.view_id, "local", local.key),
-                                        lambda: self.predict_horizon(local.X, [np.zeros(0)] * len(local), pool=local))
+            lm, ls, _ = self.cache.get((self.surrogate.view_id, "local", local.key),
+                                       lambda: self.predict_horizon(local.X, [np.zeros(0)] * len(local), pool=local,
+                                                                    with_cost=False))
             configs = pool.configs + [local.configs[i] for i in keep]
             ids = pool.ids + [local.ids[i] for i in keep]
-            mean, std, cost = np.concatenate([mean, lm[keep]]), np.concatenate([std, ls[keep]]), np.concatenate([cost, lc[keep]])
+            mean, std = np.concatenate([mean, lm[keep]]), np.concatenate([std, ls[keep]])
+            if cost is not None:
+                starts = [np.zeros(0)] * len(local)
+                lc = self._cost_to(self.config_step_costs(local.X), starts, self.targets(starts))
+                cost = np.concatenate([cost, lc[keep]])
         else:
             configs, ids = pool.configs, pool.ids
         free = np.fromiter((cid not in used for cid in ids), dtype=bool, count=len(ids))
@@ -254,9 +263,23 @@ class Decision:
     # ------------------------------------------------------------------ predictions
     def new_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sign-adjusted mean, std and cost of every pool configuration started from scratch."""
+        return (*self.new_mean_std(), self.new_costs())
+
+    def new_mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`new_predictions` without the costs (they do not follow the view)."""
         key = (self.surrogate.view_id, "new", self.seed, self._mf_key(), self.fidelity_max, self.sign, self.settings.horizon)
         return self.cache.get(key, lambda: self.predict_horizon(
-            self.pool.X, [np.zeros(0)] * len(self.pool), pool=self.pool))
+            self.pool.X, [np.zeros(0)] * len(self.pool), pool=self.pool, with_cost=False)[:2])
+
+    def new_costs(self) -> np.ndarray:
+        """Predicted cost of taking each pool configuration from scratch to its target fidelity."""
+        key = (self.surrogate.cost_id, "new-costs", self.seed, self._mf_key(), self.fidelity_max, self.settings.horizon)
+
+        def compute() -> np.ndarray:
+            starts = [np.zeros(0)] * len(self.pool)
+            return self._cost_to(self.pool_step_costs(), starts, self.targets(starts))
+
+        return self.cache.get(key, compute)
 
     def final_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """Predicted final score (metric units) of every pool configuration, mean and std."""
@@ -342,18 +365,21 @@ class Decision:
 
     def predict_horizon(
         self, X: np.ndarray, prefixes: Sequence[np.ndarray], steps: np.ndarray | None = None, pool: Pool | None = None,
-        cache: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cache: bool = True, with_cost: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Sign-adjusted mean and std at each action's target fidelity, and the cost to get there.
 
         ``pool``: ``X`` is that pool's rows started from scratch, so the surrogate may bring its
         earlier predictions of them up to date instead of recomputing them.
+        ``with_cost=False``: no cost (None), for callers that score without it.
         """
         s, fmax = self.surrogate, self.fidelity_max
         target = self.targets(prefixes)
         key = None if pool is None else ("pool", pool.key, self._mf_key(), fmax, self.sign, self.settings.horizon)
         mean, std = s.predict(X, prefixes, target, fidelity_max=fmax, metafeatures=self.metafeatures, sign=self.sign,
                               query_key=key, cache=cache)
+        if not with_cost:
+            return self.sign * mean, std, None
         if steps is None:
             steps = self.pool_step_costs() if pool is self.pool else self.config_step_costs(X)
         return self.sign * mean, std, self._cost_to(steps, prefixes, target)
