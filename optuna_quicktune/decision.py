@@ -197,9 +197,7 @@ class Decision:
             ids = pool.ids + [local.ids[i] for i in keep]
             mean, std = np.concatenate([mean, lm[keep]]), np.concatenate([std, ls[keep]])
             if cost is not None:
-                starts = [np.zeros(0)] * len(local)
-                lc = self._cost_to(self.config_step_costs(local.X), starts, self.targets(starts))
-                cost = np.concatenate([cost, lc[keep]])
+                cost = np.concatenate([cost, self._scratch_costs(self.config_step_costs(local.X))[keep]])
         else:
             configs, ids = pool.configs, pool.ids
         free = np.fromiter((cid not in used for cid in ids), dtype=bool, count=len(ids))
@@ -274,12 +272,12 @@ class Decision:
     def new_costs(self) -> np.ndarray:
         """Predicted cost of taking each pool configuration from scratch to its target fidelity."""
         key = (self.surrogate.cost_id, "new-costs", self.seed, self._mf_key(), self.fidelity_max, self.settings.horizon)
+        return self.cache.get(key, lambda: self._scratch_costs(self.pool_step_costs()))
 
-        def compute() -> np.ndarray:
-            starts = [np.zeros(0)] * len(self.pool)
-            return self._cost_to(self.pool_step_costs(), starts, self.targets(starts))
-
-        return self.cache.get(key, compute)
+    def _scratch_costs(self, steps: np.ndarray) -> np.ndarray:
+        """:meth:`_cost_to` of runs started from scratch (``steps``: their per-step costs)."""
+        starts = [np.zeros(0)] * steps.shape[0]
+        return self._cost_to(steps, starts, self.targets(starts))
 
     def final_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """Predicted final score (metric units) of every pool configuration, mean and std."""

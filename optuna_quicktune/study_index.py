@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 if TYPE_CHECKING:
     from optuna_quicktune.study_state import TrialView
 
-__all__ = ["HeadIndex", "is_candidate", "is_resumable", "is_started"]
+__all__ = ["HeadIndex", "is_candidate", "is_resumable", "is_scorable", "is_started"]
 
 
 def is_candidate(v: "TrialView") -> bool:
@@ -45,6 +45,11 @@ def is_candidate(v: "TrialView") -> bool:
 def is_resumable(v: "TrialView") -> bool:
     """A paused trial with a checkpoint that nobody has continued yet."""
     return v.paused and not v.continued and v.state == TrialState.PRUNED
+
+
+def is_scorable(v: "TrialView", fidelity_max: int) -> bool:
+    """A paused run a surrogate can score as a resumption: in the space, its curve short of ``fidelity_max``."""
+    return len(v.prefix) < fidelity_max and v.in_space
 
 
 def is_started(v: "TrialView") -> bool:
@@ -90,7 +95,7 @@ class HeadIndex:
         than ``fidelity_max``), and their names ``(number, curve length)``; computed once per index."""
         got = self._scorable.get(fidelity_max)
         if got is None:
-            views = tuple(v for v in self.resumable if len(v.prefix) < fidelity_max and v.in_space)
+            views = tuple(v for v in self.resumable if is_scorable(v, fidelity_max))
             got = self._scorable[fidelity_max] = (views, tuple((v.number, len(v.prefix)) for v in views))
         return got
 

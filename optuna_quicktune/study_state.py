@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_quicktune import chains, contract
 from optuna_quicktune.space import SearchSpace
-from optuna_quicktune.study_index import HeadIndex, is_candidate, is_resumable, is_started
+from optuna_quicktune.study_index import HeadIndex, is_candidate, is_resumable, is_scorable, is_started
 
 __all__ = ["TrialView", "StudyState", "trial_params", "trial_config_id"]
 
@@ -138,9 +138,13 @@ class StudyState:
         """Paused trials with a checkpoint that nobody has continued yet."""
         if self.index is None:
             return [v for v in self.trials.values() if is_resumable(v)]
-        tail = [self.trials[n] for n in self.tail]
-        gone = {v.resume_of for v in tail if v.resume_of is not None}  # head runs a later trial continues
+        tail, gone = self._tail_views()
         return [v for v in self.index.resumable if v.number not in gone] + [v for v in tail if is_resumable(v)]
+
+    def _tail_views(self) -> tuple[list[TrialView], set[int]]:
+        """The views after the head, and the head runs they continue."""
+        tail = [self.trials[n] for n in self.tail]
+        return tail, {v.resume_of for v in tail if v.resume_of is not None}
 
     def scorable_paused(
         self, fidelity_max: int, exclude: int | None = None,
@@ -153,15 +157,15 @@ class StudyState:
         """
         h = self.index
         if h is None:
-            views = [v for v in self.resumable() if v.number != exclude and len(v.prefix) < fidelity_max and v.in_space]
+            views = [v for v in self.resumable() if v.number != exclude and is_scorable(v, fidelity_max)]
             return views, tuple((v.number, len(v.prefix)) for v in views)
-        tail = [self.trials[n] for n in self.tail]
-        gone = {v.resume_of for v in tail if v.resume_of is not None} | {exclude}
+        tail, gone = self._tail_views()
+        gone.add(exclude)
         views, names = h.scorable(fidelity_max)
         if not gone.isdisjoint(h.resumable_numbers):
             keep = [i for i, v in enumerate(views) if v.number not in gone]
             views, names = tuple(views[i] for i in keep), tuple(names[i] for i in keep)
-        more = [v for v in tail if is_resumable(v) and v.number != exclude and len(v.prefix) < fidelity_max and v.in_space]
+        more = [v for v in tail if is_resumable(v) and v.number != exclude and is_scorable(v, fidelity_max)]
         if more:
             views, names = views + tuple(more), names + tuple((v.number, len(v.prefix)) for v in more)
         return views, names
