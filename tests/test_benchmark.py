@@ -182,6 +182,24 @@ def test_smoke_lcbench_two_tasks(tmp_path):
 
 
 @needs_lcbench
+def test_a_tasks_reference_does_not_depend_on_which_tasks_a_run_selects(tmp_path):
+    """Budget, regret scale and oracle of a task are the same alone, in another order and in the
+    whole list (a subset run must score a task as the full benchmark does)."""
+    from optuna_quicktune.benchmark.runner import prepare_references
+    from optuna_quicktune.benchmark.yahpo import lcbench
+
+    scenario = lcbench(LCBENCH, epochs="2-11")
+    scenario.tasks = scenario.tasks[:3]
+    a, b, c = scenario.tasks
+    cfg = BenchConfig(n_reference=200)
+    whole = prepare_references(scenario, cfg, [a, b, c], tmp_path)
+    for selection in ([c], [c, a], [b, c]):
+        assert prepare_references(scenario, cfg, selection, tmp_path)[c] == whole[c]
+    assert prepare_references(scenario, cfg, [c, a], None)[a] == whole[a]  # without the cache too
+    assert whole[a].budget != whole[c].budget  # each task its own reference set
+
+
+@needs_lcbench
 def test_yahpo_fidelity_that_is_not_epochs():
     """Per-fidelity costs (each level retrains, like a training-set fraction) and float levels."""
     from optuna_quicktune.benchmark.yahpo import YahpoScenario

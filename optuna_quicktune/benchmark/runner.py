@@ -145,6 +145,11 @@ def _hash(*parts: Any) -> str:
 
 
 # ---------------------------------------------------------------------- preparation
+#: How reference sets are seeded; part of the cache and run keys, so that records and references made
+#: when the seed followed a task's place in the *selected* tasks are not reused.
+REFERENCE_SEEDING = "scenario-task-index"
+
+
 def meta_table(scenario: Scenario, cfg: BenchConfig, cache: Path | None) -> MetaDataset:
     """Every task's meta-training table (cached as CSV)."""
     path = None
@@ -160,16 +165,23 @@ def meta_table(scenario: Scenario, cfg: BenchConfig, cache: Path | None) -> Meta
 
 
 def prepare_references(scenario: Scenario, cfg: BenchConfig, tasks: Sequence[str], cache: Path | None) -> dict[str, Reference]:
-    """Normalisation set, oracle and budget of each task (cached as JSON)."""
+    """Normalisation set, oracle and budget of each task (cached as JSON).
+
+    A YAHPO task's reference configurations are seeded by its place in the *scenario's* task list
+    (``tasks.txt``), not in ``tasks``: a task's budget and regret scale must not depend on which
+    other tasks a run selects (until stop 21 they did: ``--tasks 168868`` alone gave it another
+    budget than the 24-task run). Runs over the whole list are unchanged.
+    """
     path = None
-    key = _hash(scenario.fingerprint(), cfg.n_reference, cfg.reference_seed, cfg.budget_factor, list(tasks))
+    key = _hash(scenario.fingerprint(), cfg.n_reference, cfg.reference_seed, cfg.budget_factor, list(tasks),
+                REFERENCE_SEEDING)
     if cache is not None:
         path = cache / f"reference-{key}.json"
         if path.exists():
             return {t: Reference.from_json(r) for t, r in json.loads(path.read_text()).items()}
     refs: dict[str, Reference] = {}
     sign = scenario.sign
-    for i, task in enumerate(tasks):
+    for task in tasks:
         if isinstance(scenario, TableScenario):
             configs, curves = scenario.reference(task)
             final = curves.values[:, -1]
@@ -179,7 +191,7 @@ def prepare_references(scenario: Scenario, cfg: BenchConfig, tasks: Sequence[str
             n = len(configs)
         else:
             assert isinstance(scenario, YahpoScenario)
-            configs = scenario.space.sample(cfg.n_reference, cfg.reference_seed + i)
+            configs = scenario.space.sample(cfg.n_reference, cfg.reference_seed + scenario.tasks.index(task))
             final, raw_cost = scenario.final_values(task, configs)
             full_cost = raw_cost
             order = np.argsort(-sign * final, kind="stable")
@@ -315,7 +327,7 @@ def _quicktune_defaults() -> dict[str, Any]:
 def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
     """What a method's recorded runs depend on: the scenario, the budget and its own settings."""
     common = [scenario.fingerprint(), scenario.default_config, cfg.budget_factor, cfg.n_reference,
-              cfg.reference_seed, cfg.max_trials, cfg.audit]
+              cfg.reference_seed, REFERENCE_SEEDING, cfg.max_trials, cfg.audit]
     own: list[Any] = []
     if method.startswith("quicktune"):
         own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs,
