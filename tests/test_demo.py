@@ -34,6 +34,7 @@ def test_demo_runs_quicktune_against_the_baselines(tmp_path):
     lines: list[str] = []
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     result = run_demo(model=str(model), storage=url, n_trials=2, facts=2, checkpoint_dir=str(tmp_path / "ck"),
+                      num_threads=1,  # a 2-layer model: one thread is fastest
                       progress=False, echo=lines.append)
     out = "\n".join(lines)
     assert result["task"] == DEMO_TASK and result["default"]["validation"] is not None
