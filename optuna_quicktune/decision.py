@@ -30,17 +30,16 @@ restarted processes agree) and is immutable; the predictions it makes are kept i
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from optuna_quicktune.acquisition import cost_aware_score
+from optuna_quicktune.candidates import Pool, local_candidates
 from optuna_quicktune.paused_rows import PausedInputs, PausedRows
+from optuna_quicktune.prediction_cache import PredictionCache
 from optuna_quicktune.space import SearchSpace
 from optuna_quicktune.study_state import StudyState, TrialView
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
@@ -77,77 +76,6 @@ class Action:
     # final fidelity (NaN otherwise): the trial's prediction record reuses them.
     final_mean: float = float("nan")
     final_std: float = float("nan")
-
-
-@dataclass(frozen=True)
-class Pool:
-    """Candidate configurations, their encodings and ids (built once per seed)."""
-
-    configs: list[dict[str, Any]]
-    X: np.ndarray
-    ids: list[str]
-
-    @classmethod
-    def build(cls, space: SearchSpace, configs: Sequence[Mapping[str, Any]], exclude: set[str] = frozenset()) -> "Pool":  # type: ignore[assignment]
-        keep, ids, seen = [], [], set(exclude)
-        for c in configs:
-            cid = space.config_id(c)
-            if cid not in seen:
-                seen.add(cid)
-                ids.append(cid)
-                keep.append(dict(c))
-        X = space.encode_many(keep) if keep else np.zeros((0, space.dim))
-        return cls(keep, X, ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @functools.cached_property
-    def key(self) -> str:
-        """A digest of the pool's configuration ids: names its rows for the surrogate's query cache."""
-        return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:16]
-
-
-class PredictionCache:
-    """The one bounded cache of predictions (least recently used entries are dropped).
-
-    Keys start with the surrogate's ``view_id``; a conditioned view is a new view, so stale
-    predictions are never read, only aged out.
-    """
-
-    def __init__(self, maxsize: int = 4096) -> None:
-        self.maxsize = int(maxsize)
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        value = compute()
-        self._data[key] = value
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-def local_candidates(space: SearchSpace, centres: Sequence[Mapping[str, Any]], n: int, scale: float, seed: Sequence[int]) -> list[dict[str, Any]]:
-    """``n`` Gaussian perturbations (std ``scale`` in the [0, 1] encoding) spread over ``centres``."""
-    if not centres or n < 1:
-        return []
-    rng = np.random.default_rng(list(seed))
-    X = space.encode_many(list(centres))
-    # One draw of (n, d) is the same stream as n draws of d: the candidates do not depend on this.
-    steps = rng.normal(0.0, scale, (n, X.shape[1]))
-    return [space.decode(np.clip(X[i % len(centres)] + steps[i], 0.0, 1.0)) for i in range(n)]
 
 
 @dataclass(frozen=True)
