@@ -74,17 +74,23 @@ def test_markdown_and_cli(storage, capsys):
     assert capsys.readouterr().out.startswith("| task | model | runs |")
 
 
-def test_a_configuration_missing_on_some_tasks_is_not_counted_as_their_best(tmp_path):
-    """A collection cut short: E ran on t1 and t2 only and wins there; the portfolio chooses among
-    A-D (run everywhere), so on t1 and t2 the question is whether A is the best of A-D (it is)."""
-    url = f"sqlite:///{tmp_path / 'ragged.db'}"
-    finals = [{"A": 1.0, "B": 2.0, "E": 0.5}, {"A": 1.0, "B": 2.0, "E": 0.5}, {"A": 1.0, "B": 2.0}, {"B": 1.0, "A": 2.0}]
+def _one_step_tasks(path, finals: list[dict[str, float]]) -> str:
+    """A SQLite collection of SmolLM2 tasks t0, t1, ... with one-step runs whose final scores are ``finals``."""
+    url = f"sqlite:///{path}"
     for k, table in enumerate(finals):
         study = optuna.create_study(storage=url, study_name=f"t{k}/{SMOL}")
         contract.describe_task(study, dataset=f"t{k}", model=SMOL, metric="eval_loss", fidelity_max=1)
         for cid, v in table.items():
             study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=v,
                                                       intermediate_values={1: v}, user_attrs={contract.CONFIG_ID: cid}))
+    return url
+
+
+def test_a_configuration_missing_on_some_tasks_is_not_counted_as_their_best(tmp_path):
+    """A collection cut short: E ran on t1 and t2 only and wins there; the portfolio chooses among
+    A-D (run everywhere), so on t1 and t2 the question is whether A is the best of A-D (it is)."""
+    url = _one_step_tasks(tmp_path / "ragged.db", [{"A": 1.0, "B": 2.0, "E": 0.5}, {"A": 1.0, "B": 2.0, "E": 0.5},
+                                                   {"A": 1.0, "B": 2.0}, {"B": 1.0, "A": 2.0}])
     m = headroom(url)["models"][SMOL]
     assert m["portfolio_first"] == "A" and m["configs_on_every_task"] == 2
     assert m["share_best_is_first"] == 0.75  # t0-t2: A is the best of A and B; t3: B
@@ -93,15 +99,8 @@ def test_a_configuration_missing_on_some_tasks_is_not_counted_as_their_best(tmp_
 def test_a_first_member_tied_with_the_best_where_the_metric_collapses_counts_as_near_best(tmp_path):
     """Memorised fact tables end at eval_loss ~0 for every good run: the strict best is rounding noise.
     A is 1e-6 above E's 0.0 on t0 and t1 (tied), clearly beaten by B on t2, the best on t3."""
-    url = f"sqlite:///{tmp_path / 'ties.db'}"
-    finals = [{"A": 1e-6, "E": 0.0, "B": 3.0}, {"A": 1e-6, "E": 0.0, "B": 2.0},
-              {"A": 1.5, "E": 2.0, "B": 1.0}, {"A": 1.0, "E": 3.0, "B": 2.0}]
-    for k, table in enumerate(finals):
-        study = optuna.create_study(storage=url, study_name=f"t{k}/{SMOL}")
-        contract.describe_task(study, dataset=f"t{k}", model=SMOL, metric="eval_loss", fidelity_max=1)
-        for cid, v in table.items():
-            study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=v,
-                                                      intermediate_values={1: v}, user_attrs={contract.CONFIG_ID: cid}))
+    url = _one_step_tasks(tmp_path / "ties.db", [{"A": 1e-6, "E": 0.0, "B": 3.0}, {"A": 1e-6, "E": 0.0, "B": 2.0},
+                                                {"A": 1.5, "E": 2.0, "B": 1.0}, {"A": 1.0, "E": 3.0, "B": 2.0}])
     m = headroom(url)["models"][SMOL]
     assert m["portfolio_first"] == "A"
     assert m["share_best_is_first"] == 0.25  # strictly the best on t3 only
