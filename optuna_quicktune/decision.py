@@ -167,11 +167,13 @@ class Decision:
 
     def next_portfolio_member(self, used: set[str], claimant: int | None = None) -> str | None:
         """The next unused portfolio member while the study has started fewer than ``portfolio_first``."""
-        if not self.portfolio_order:
-            return None
-        if self.state.n_started(exclude=claimant) >= self.settings.portfolio_first:
-            return None
-        return next((cid for cid in self.portfolio_order if cid not in used), None)
+        start = self.portfolio_start(used, claimant)
+        return start[0] if start else None
+
+    def portfolio_start(self, used: set[str], claimant: int | None = None) -> list[str]:
+        """The portfolio members the study will still start, in order, before any score counts (rule 1)."""
+        left = self.settings.portfolio_first - self.state.n_started(exclude=claimant) if self.portfolio_order else 0
+        return [cid for cid in self.portfolio_order if cid not in used][:max(left, 0)]
 
     def _local_all(self) -> Pool:
         """All neighbours of the study's three best finished runs (seeded by the study and those runs), used or not."""

@@ -17,6 +17,7 @@ finished trials and again each time their number doubles.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 import warnings
@@ -292,7 +293,14 @@ class QuickTuneSampler(BaseSampler):
         return self.decision(study).prediction_record(dict(params), np.asarray(prefix, dtype=np.float64))
 
     def enqueue_portfolio(self, study: Study, k: int = 8) -> list[dict[str, Any]]:
-        """Enqueue the ``k`` configurations with the best predicted final score as WAITING trials.
+        """Enqueue the ``k`` configurations this sampler would start first, as WAITING trials.
+
+        Those are the decision rule's own first picks: the portfolio members it still has to start
+        (``portfolio_first``, in order; rule 1 of :mod:`.decision`), then the configurations with the
+        best predicted final score. Why not the predicted best alone: enqueued trials run before
+        anything the sampler proposes, so enqueueing the zero-shot ranking would skip the portfolio
+        start, whose worst case is the static portfolio's. Each trial's ``quicktune.predicted``
+        says which rule chose it (``source``: ``"portfolio"`` or ``"surrogate"``).
 
         Configurations the study has already run or enqueued are skipped, so calling this again
         (e.g. after a restart) never duplicates work. Call it from one process.
@@ -303,8 +311,11 @@ class QuickTuneSampler(BaseSampler):
         used = d.state.used_config_ids()
         final_mean, final_std = d.final_predictions()
         cost = d.new_predictions()[2]
+        where = {cid: i for i, cid in enumerate(d.pool.ids)}
+        members = [where[cid] for cid in d.portfolio_start(used) if cid in where]
+        ranked = (int(i) for i in np.argsort(-(d.sign * final_mean), kind="stable"))
         chosen = []
-        for i in np.argsort(-(d.sign * final_mean), kind="stable"):
+        for i in itertools.chain(members, ranked):
             cid = d.pool.ids[i]
             if cid in used:
                 continue
@@ -314,7 +325,7 @@ class QuickTuneSampler(BaseSampler):
                     contract.CONFIG_ID: cid,
                     contract.PREDICTED: {
                         "mean": float(final_mean[i]), "std": float(final_std[i]), "cost": float(cost[i]),
-                        "fidelity": d.fidelity_max, "source": "portfolio",
+                        "fidelity": d.fidelity_max, "source": "portfolio" if i in members else "surrogate",
                     },
                 },
             )

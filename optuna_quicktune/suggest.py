@@ -1,7 +1,8 @@
 """``quicktune suggest``: what to run first on a new dataset, before anything is trained.
 
-A user's first question is "which configurations should I try on this data?". The answer is the
-surrogate's zero-shot ranking for the dataset's meta-features, which is exactly what
+A user's first question is "which configurations should I try on this data?". The answer is what
+QuickTune itself would run first: the members of the meta-dataset's greedy portfolio it starts
+with, then the surrogate's zero-shot ranking for the dataset's meta-features, which is exactly what
 :meth:`QuickTuneSampler.enqueue_portfolio` computes for a study. This module asks it on a study
 (an in-memory one when nothing is to be kept, the user's study with ``--enqueue``), so a printed
 suggestion and the trial a later ``study.optimize`` runs first are the same configuration with the
@@ -55,6 +56,9 @@ class Suggestion:
         cost: Predicted cost of the full run (all ``fidelity`` steps), in the unit of the
             meta-dataset's costs (seconds on the hardware it was collected on, see its data card).
         fidelity: Steps of the full run the prediction is for.
+        source: ``"portfolio"``: a member of the meta-dataset's greedy portfolio, which
+            ``QuickTuneSampler`` starts first (its worst case is the static portfolio's);
+            ``"surrogate"``: one of the best predicted final scores for this dataset.
     """
 
     rank: int
@@ -64,6 +68,7 @@ class Suggestion:
     std: float
     cost: float
     fidelity: int
+    source: str = "surrogate"
 
 
 def surrogate_model(surrogate: QuickTuneSurrogate) -> str | None:
@@ -184,7 +189,7 @@ def suggest(
     for rank, (params, t) in enumerate(zip(chosen, new), start=1):
         pred = t.user_attrs[contract.PREDICTED]
         out.append(Suggestion(rank, dict(params), str(t.user_attrs[contract.CONFIG_ID]), float(pred["mean"]),
-                              float(pred["std"]), float(pred["cost"]), int(pred["fidelity"])))
+                              float(pred["std"]), float(pred["cost"]), int(pred["fidelity"]), str(pred["source"])))
     return out
 
 
@@ -222,14 +227,17 @@ def format_suggestions(suggestions: Sequence[Suggestion], *, metric: str = "scor
     if not suggestions:
         return "No configuration left to suggest (the study already holds every candidate)."
     names = list(suggestions[0].params)
-    head = ["rank", f"predicted {metric}", "std", "cost", *names]
-    rows = [[str(x.rank), f"{x.mean:.4g}", f"{x.std:.3g}", f"{x.cost:.4g}", *(_fmt(x.params.get(n)) for n in names)]
+    head = ["rank", f"predicted {metric}", "std", "cost", "source", *names]
+    rows = [[str(x.rank), f"{x.mean:.4g}", f"{x.std:.3g}", f"{x.cost:.4g}", x.source,
+             *(_fmt(x.params.get(n)) for n in names)]
             for x in suggestions]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     fid = suggestions[0].fidelity
     lines.append(f"(predicted at the end of a {fid}-{unit} run; cost: predicted seconds of the whole run on the "
-                 "hardware the surrogate's meta-dataset was collected on)")
+                 "hardware the surrogate's meta-dataset was collected on; source: portfolio = a member of the "
+                 "meta-dataset's best-on-average portfolio, which QuickTune runs first, surrogate = the best predicted "
+                 "for this dataset)")
     return "\n".join(lines)
 
 

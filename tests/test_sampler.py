@@ -131,8 +131,38 @@ def test_enqueue_portfolio_is_idempotent(family, surrogate):
     sampler.enqueue_portfolio(study, k=4)
     ids = [t.user_attrs[contract.CONFIG_ID] for t in study.get_trials(states=(TrialState.WAITING,))]
     assert len(ids) == 8 and len(set(ids)) == 8
-    preds = [t.user_attrs[contract.PREDICTED]["mean"] for t in waiting]
+    # The portfolio members come first (rule 1), then the best predicted, best first.
+    sources = [t.user_attrs[contract.PREDICTED]["source"] for t in waiting]
+    assert sources == sorted(sources)  # "portfolio" < "surrogate"
+    preds = [t.user_attrs[contract.PREDICTED]["mean"] for t in waiting if t.user_attrs[contract.PREDICTED]["source"] == "surrogate"]
     assert preds == sorted(preds, reverse=True)
+
+
+def test_enqueued_configurations_are_the_ones_the_sampler_would_start_first(family, surrogate):
+    """Enqueued trials run before anything the sampler proposes, so they must be its own first picks:
+    the portfolio members (rule 1), then the best predicted; enqueueing must not skip the portfolio start."""
+    task = _task(family)
+
+    def first_ids(enqueue: bool) -> list[str]:
+        sampler = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        if enqueue:
+            sampler.enqueue_portfolio(study, k=7)
+        study.optimize(SimulatedObjective(task), n_trials=5)
+        return [t.user_attrs[contract.CONFIG_ID] for t in study.get_trials()[:5]]
+
+    members = list(QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0).decision(
+        optuna.create_study(direction="maximize")).portfolio_order)
+    assert len(members) == 5
+    assert first_ids(enqueue=False) == members
+    assert first_ids(enqueue=True) == members
+    # Without a portfolio start, the enqueued ones are the surrogate's ranking alone.
+    plain = QuickTuneSampler(surrogate, metafeatures=task.metafeatures, seed=0, portfolio_first=0)
+    study = optuna.create_study(direction="maximize", sampler=plain)
+    plain.enqueue_portfolio(study, k=3)
+    records = [t.user_attrs[contract.PREDICTED] for t in study.get_trials()]
+    assert [r["source"] for r in records] == ["surrogate"] * 3
+    assert [r["mean"] for r in records] == sorted((r["mean"] for r in records), reverse=True)
 
 
 def test_metafeatures_from_study_and_clear_errors(family, surrogate):

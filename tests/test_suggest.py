@@ -65,16 +65,18 @@ def test_each_model_family_gets_its_packaged_surrogate():
 def test_suggest_prints_top_k_from_a_dataset_file(qa_file, capsys):
     path, tiny = qa_file
     # The tiny model is no packaged surrogate's family: the default family's surrogate answers, with a note.
-    assert main(["suggest", str(path), "--model", tiny, "-k", "4", "--json"]) == 0
+    assert main(["suggest", str(path), "--model", tiny, "-k", "7", "--json"]) == 0
     out, err = capsys.readouterr()
     found = json.loads(out)
     assert f"using {pick()!r}" in err
     s = load_surrogate(pick())
-    assert [x["rank"] for x in found] == [1, 2, 3, 4]
-    means = [x["mean"] for x in found]
+    assert [x["rank"] for x in found] == [1, 2, 3, 4, 5, 6, 7]
+    # What QuickTuneSampler starts with: the 5 portfolio members, then the best predicted.
+    assert [x["source"] for x in found] == ["portfolio"] * 5 + ["surrogate"] * 2
+    means = [x["mean"] for x in found[5:]]
     assert means == sorted(means)  # eval_loss: lowest predicted loss first
     assert all(x["std"] > 0 and x["cost"] > 0 and x["fidelity"] == s.max_fidelity for x in found)
-    assert len({x["config_id"] for x in found}) == 4
+    assert len({x["config_id"] for x in found}) == 7
     assert all(s.space.contains(x["params"]) for x in found)
 
     assert main(["suggest", str(path), "--model", tiny, "-k", "2"]) == 0
@@ -113,7 +115,7 @@ def test_enqueue_creates_waiting_trials_in_sqlite_once(qa_file, tmp_path, capsys
     study = optuna.load_study(study_name="my-qa", storage=url)
     waiting = study.get_trials(states=[optuna.trial.TrialState.WAITING])
     assert [t.user_attrs[contract.CONFIG_ID] for t in waiting] == [x["config_id"] for x in first]
-    assert all(t.user_attrs[contract.PREDICTED]["source"] == "portfolio" for t in waiting)
+    assert [t.user_attrs[contract.PREDICTED]["source"] for t in waiting] == [x["source"] for x in first] == ["portfolio"] * 3
     assert contract.read_metafeatures(study) == pytest.approx(json.loads(mf_file.read_text()))
     # Again: the next three, never the same configuration twice.
     assert main(argv) == 0
