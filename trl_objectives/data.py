@@ -18,8 +18,8 @@ Splits (deterministic for a given ``seed``):
 Formatting: with a tokenizer that has a chat template the examples become *conversational*
 prompt/completion pairs (``[{"role": "user", ...}]`` / ``[{"role": "assistant", ...}]``) that TRL
 renders with that template (and the loss covers the completion only); without one they become
-plain text ``"Question: ...\\nAnswer:"`` / ``" ..."``.  :func:`prompt_input_ids` tokenizes a prompt
-exactly the way TRL does during training, so generation at evaluation time sees the same context.
+plain text ``"Question: ...\\nAnswer:"`` / ``" ..."`` (:mod:`trl_objectives.prompts`, re-exported here
+with :func:`~trl_objectives.datagen.toy_qa_records`, the toy paraphrase set of the tests and demos).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trl_objectives.datagen import toy_qa_records
 from trl_objectives.errors import DatasetFormatError, EmptySplitError
+from trl_objectives.prompts import format_prompt_completion, has_chat_template, prompt_input_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
-    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "QADataset",
@@ -368,105 +369,3 @@ def _split_random(
         "test": rows[n_val : n_val + n_test],
         "train": rows[n_val + n_test :],
     }
-
-
-# ---------------------------------------------------------------------- formatting
-def has_chat_template(tokenizer: "PreTrainedTokenizerBase") -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    msgs.append({"role": "user", "content": question})
-    return msgs
-
-
-def format_prompt_completion(
-    dataset: "datasets.Dataset",
-    tokenizer: "PreTrainedTokenizerBase",
-    *,
-    system_prompt: str | None = None,
-) -> "datasets.Dataset":
-    """Turn ``question``/``answer`` rows into TRL prompt/completion rows (``answer`` is kept).
-
-    With a chat template the rows are conversational, so TRL applies the template, ends the answer
-    with the template's end-of-turn token, and masks the prompt out of the loss.  Without one they
-    are plain strings; TRL then appends the EOS token to the completion.
-    """
-    chat = has_chat_template(tokenizer)
-
-    def fmt(example: dict[str, Any]) -> dict[str, Any]:
-        if chat:
-            return {
-                "prompt": _messages(example["question"], system_prompt),
-                "completion": [{"role": "assistant", "content": example["answer"]}],
-            }
-        prefix = f"{system_prompt}\n\n" if system_prompt else ""
-        return {"prompt": f"{prefix}Question: {example['question']}\nAnswer:", "completion": " " + example["answer"]}
-
-    stale = [c for c in ("prompt", "completion") if c in dataset.column_names]
-    return dataset.map(fmt, remove_columns=stale)
-
-
-def prompt_input_ids(
-    tokenizer: "PreTrainedTokenizerBase", prompt: str | list[dict[str, str]]
-) -> list[int]:
-    """Token ids of a prompt exactly as TRL's SFT preprocessing makes them (generation context)."""
-    if isinstance(prompt, list):
-        out = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
-        return list(out["input_ids"])
-    return list(tokenizer(text=prompt)["input_ids"])
-
-
-# ---------------------------------------------------------------------- a toy paraphrase dataset
-_TOY_NAMES = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kofi",
-              "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara"]
-_TOY_CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tromso", "Perth", "Lyon", "Dakar", "Hanoi", "Tartu"]
-_TOY_COLORS = ["red", "teal", "amber", "violet", "olive", "navy", "coral", "ivory"]
-_TOY_TEMPLATES: dict[str, list[str]] = {
-    "number": [
-        "What is {name}'s lucky number?", "Which number is lucky for {name}?",
-        "Tell me the lucky number of {name}.", "{name} has which lucky number?",
-        "What number does {name} consider lucky?", "Name the lucky number of {name}.",
-        "What's the lucky number that belongs to {name}?", "Which lucky number does {name} have?",
-        "For {name}, what is the lucky number?", "What lucky number is {name}'s?",
-        "Give {name}'s lucky number.", "Do you know the lucky number of {name}?",
-    ],
-    "city": [
-        "Where does {name} live?", "In which city does {name} live?", "What city is {name}'s home?",
-        "Which city is home to {name}?", "Name the city where {name} lives.",
-        "{name} lives in which city?", "Tell me where {name} lives.", "What is the home city of {name}?",
-        "Where is {name}'s home?", "In what city can {name} be found at home?",
-        "Which town does {name} live in?", "Where has {name} made a home?",
-    ],
-    "color": [
-        "What is {name}'s favourite colour?", "Which colour does {name} like best?",
-        "Tell me {name}'s favourite colour.", "{name} likes which colour most?",
-        "Name the favourite colour of {name}.", "What colour does {name} prefer?",
-        "Which colour is {name}'s favourite?", "What's the colour {name} loves most?",
-        "For {name}, what is the favourite colour?", "Which colour would {name} pick first?",
-        "Give {name}'s favourite colour.", "Do you know which colour {name} favours?",
-    ],
-}
-
-
-def toy_qa_records(n_facts: int = 12, *, paraphrases: int = 12, seed: int = 0) -> list[dict[str, str]]:
-    """A small synthetic paraphrase QA set (``question``, ``answer``, ``fact_id``) for tests and demos.
-
-    Each fact (a person's lucky number, home city or favourite colour) is asked ``paraphrases`` ways
-    (at most 12), mirroring the 12-question design of Strangmann et al. (2024); the answer types
-    mix numbers and short words.  Deterministic for a given ``seed``.
-    """
-    if not 3 <= paraphrases <= 12:
-        raise ValueError(f"paraphrases must be in 3..12, got {paraphrases}.")
-    rng = random.Random(seed)
-    kinds = list(_TOY_TEMPLATES)
-    records: list[dict[str, str]] = []
-    for i in range(n_facts):
-        name = _TOY_NAMES[i % len(_TOY_NAMES)] + ("" if i < len(_TOY_NAMES) else f" {i // len(_TOY_NAMES) + 1}")
-        kind = kinds[i % len(kinds)]
-        answer = {"number": lambda: str(rng.randint(2, 99)), "city": lambda: rng.choice(_TOY_CITIES),
-                  "color": lambda: rng.choice(_TOY_COLORS)}[kind]()
-        for template in _TOY_TEMPLATES[kind][:paraphrases]:
-            records.append({"question": template.format(name=name), "answer": answer, "fact_id": f"fact-{i}"})
-    return records

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["expand_facts", "generate_qa", "parse_facts", "parse_qa_pairs", "filter_qa", "GenerationReport"]
+__all__ = ["expand_facts", "generate_qa", "parse_facts", "parse_qa_pairs", "filter_qa", "GenerationReport", "toy_qa_records"]
 
 
 def expand_facts(
@@ -267,3 +268,57 @@ def save_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str
     with open(path, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(dict(r), ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------- a toy paraphrase dataset
+_TOY_NAMES = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kofi",
+              "Lena", "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara"]
+_TOY_CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tromso", "Perth", "Lyon", "Dakar", "Hanoi", "Tartu"]
+_TOY_COLORS = ["red", "teal", "amber", "violet", "olive", "navy", "coral", "ivory"]
+_TOY_TEMPLATES: dict[str, list[str]] = {
+    "number": [
+        "What is {name}'s lucky number?", "Which number is lucky for {name}?",
+        "Tell me the lucky number of {name}.", "{name} has which lucky number?",
+        "What number does {name} consider lucky?", "Name the lucky number of {name}.",
+        "What's the lucky number that belongs to {name}?", "Which lucky number does {name} have?",
+        "For {name}, what is the lucky number?", "What lucky number is {name}'s?",
+        "Give {name}'s lucky number.", "Do you know the lucky number of {name}?",
+    ],
+    "city": [
+        "Where does {name} live?", "In which city does {name} live?", "What city is {name}'s home?",
+        "Which city is home to {name}?", "Name the city where {name} lives.",
+        "{name} lives in which city?", "Tell me where {name} lives.", "What is the home city of {name}?",
+        "Where is {name}'s home?", "In what city can {name} be found at home?",
+        "Which town does {name} live in?", "Where has {name} made a home?",
+    ],
+    "color": [
+        "What is {name}'s favourite colour?", "Which colour does {name} like best?",
+        "Tell me {name}'s favourite colour.", "{name} likes which colour most?",
+        "Name the favourite colour of {name}.", "What colour does {name} prefer?",
+        "Which colour is {name}'s favourite?", "What's the colour {name} loves most?",
+        "For {name}, what is the favourite colour?", "Which colour would {name} pick first?",
+        "Give {name}'s favourite colour.", "Do you know which colour {name} favours?",
+    ],
+}
+
+
+def toy_qa_records(n_facts: int = 12, *, paraphrases: int = 12, seed: int = 0) -> list[dict[str, str]]:
+    """A small synthetic paraphrase QA set (``question``, ``answer``, ``fact_id``) for tests and demos.
+
+    Each fact (a person's lucky number, home city or favourite colour) is asked ``paraphrases`` ways
+    (at most 12), mirroring the 12-question design of Strangmann et al. (2024); the answer types
+    mix numbers and short words.  Deterministic for a given ``seed``.
+    """
+    if not 3 <= paraphrases <= 12:
+        raise ValueError(f"paraphrases must be in 3..12, got {paraphrases}.")
+    rng = random.Random(seed)
+    kinds = list(_TOY_TEMPLATES)
+    records: list[dict[str, str]] = []
+    for i in range(n_facts):
+        name = _TOY_NAMES[i % len(_TOY_NAMES)] + ("" if i < len(_TOY_NAMES) else f" {i // len(_TOY_NAMES) + 1}")
+        kind = kinds[i % len(kinds)]
+        answer = {"number": lambda: str(rng.randint(2, 99)), "city": lambda: rng.choice(_TOY_CITIES),
+                  "color": lambda: rng.choice(_TOY_COLORS)}[kind]()
+        for template in _TOY_TEMPLATES[kind][:paraphrases]:
+            records.append({"question": template.format(name=name), "answer": answer, "fact_id": f"fact-{i}"})
+    return records
