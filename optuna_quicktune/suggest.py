@@ -132,8 +132,9 @@ def suggest(
     n_candidates: int = 1000,
     seed: int = 0,
     study: optuna.Study | None = None,
+    portfolio_first: int = 5,
 ) -> list[Suggestion]:
-    """The ``k`` configurations with the best predicted final score for a dataset, best first.
+    """The ``k`` configurations QuickTune would start first on a dataset, in that order.
 
     Args:
         surrogate: A surrogate, a saved folder or a packaged name.
@@ -145,6 +146,8 @@ def suggest(
         seed: Seed of that candidate pool (the same seed gives the same suggestions).
         study: Enqueue the suggestions there as WAITING trials (skipping configurations it
             already ran or holds); default an in-memory study, i.e. nothing is stored.
+        portfolio_first: The portfolio members that come first (``QuickTuneSampler``'s setting of
+            the same name, whose default this is); ``0``: the surrogate's ranking alone.
 
     Raises:
         ValueError: ``k < 1``, no direction known, or a study whose direction or stored
@@ -180,7 +183,7 @@ def suggest(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # horizon="final": enqueue_portfolio's recorded cost is then that of the whole run.
         sampler = QuickTuneSampler(s, metafeatures=mf, fidelity_max=fidelity_max, n_candidates=n_candidates,
-                                   horizon="final", seed=seed)
+                                   horizon="final", seed=seed, portfolio_first=portfolio_first)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     chosen = sampler.enqueue_portfolio(study, k=k)
     # Its WAITING trials, in the order enqueued, carry the predictions it made.
@@ -270,6 +273,8 @@ def add_suggest_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--answer-field", default="answer")
     p.add_argument("--candidates", type=int, default=1000, help="random configurations scored besides the meta-dataset's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--portfolio-first", type=int, default=5,
+                   help="portfolio members listed first, as QuickTuneSampler starts with them (0: the surrogate's ranking alone)")
     p.add_argument("--enqueue", metavar="STORAGE", default=None,
                    help="also enqueue them as WAITING trials in this Optuna storage (needs --study)")
     p.add_argument("--study", default=None, help="study to enqueue into (created if absent)")
@@ -334,7 +339,7 @@ def _run_suggest(args: argparse.Namespace) -> int:
         study = optuna.create_study(storage=args.enqueue, study_name=args.study, direction=direction,
                                     load_if_exists=True)
     found = suggest(s, mf, k=args.k, fidelity_max=args.fidelity, direction=direction,
-                    n_candidates=args.candidates, seed=args.seed, study=study)
+                    n_candidates=args.candidates, seed=args.seed, study=study, portfolio_first=args.portfolio_first)
     if args.json:
         print(json.dumps([asdict(x) for x in found], indent=1))
     else:

@@ -77,6 +77,10 @@ def test_suggest_prints_top_k_from_a_dataset_file(qa_file, capsys):
     assert means == sorted(means)  # eval_loss: lowest predicted loss first
     assert all(x["std"] > 0 and x["cost"] > 0 and x["fidelity"] == s.max_fidelity for x in found)
     assert len({x["config_id"] for x in found}) == 7
+    # --portfolio-first 0: the surrogate's ranking alone (the first surrogate pick above comes first).
+    assert main(["suggest", str(path), "--model", tiny, "-k", "2", "--json", "--portfolio-first", "0"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert [x["source"] for x in alone] == ["surrogate"] * 2 and alone[0]["config_id"] == found[5]["config_id"]
     assert all(s.space.contains(x["params"]) for x in found)
 
     assert main(["suggest", str(path), "--model", tiny, "-k", "2"]) == 0
