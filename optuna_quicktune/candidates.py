@@ -44,6 +44,22 @@ class Pool:
         return len(self.ids)
 
     @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Each configuration id's row."""
+        return {cid: i for i, cid in enumerate(self.ids)}
+
+    def free(self, used: set[str]) -> np.ndarray:
+        """Mask of the rows whose configuration is not in ``used``.
+
+        Walks ``used`` (the study's configurations), not the pool: a decision asks this several
+        times per trial, and a study has far fewer configurations than the pool has rows.
+        """
+        mask = np.ones(len(self.ids), dtype=bool)
+        pos = self.position
+        mask[[pos[c] for c in used if c in pos]] = False
+        return mask
+
+    @functools.cached_property
     def key(self) -> str:
         """A digest of the pool's configuration ids: names its rows for the surrogate's query cache."""
         return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:16]

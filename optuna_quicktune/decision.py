@@ -114,8 +114,9 @@ class Decision:
         mean, std = self.new_mean_std()
         cost = self.new_costs() if with_cost else None
         local = self._local_all()
-        keep = [i for i, cid in enumerate(local.ids) if cid not in used]
-        if keep:
+        keep = np.flatnonzero(local.free(used))
+        free = pool.free(used)
+        if len(keep):
             # Predicted as one named row set (all the neighbours, used or not), so that the
             # predictions follow the views like the pool's, and only then filtered.
             lm, ls, _ = self.cache.get((self.surrogate.view_id, "local", local.key),
@@ -124,11 +125,11 @@ class Decision:
             configs = pool.configs + [local.configs[i] for i in keep]
             ids = pool.ids + [local.ids[i] for i in keep]
             mean, std = np.concatenate([mean, lm[keep]]), np.concatenate([std, ls[keep]])
+            free = np.concatenate([free, np.ones(len(keep), dtype=bool)])  # the kept neighbours are unused
             if cost is not None:
                 cost = np.concatenate([cost, self._scratch_costs(self.config_step_costs(local.X))[keep]])
         else:
             configs, ids = pool.configs, pool.ids
-        free = np.fromiter((cid not in used for cid in ids), dtype=bool, count=len(ids))
         out: list[Action] = []
         if free.any():
             inc = self.state.incumbent(1 if self.settings.horizon == "next" else self.fidelity_max)
