@@ -226,17 +226,22 @@ def test_a_lower_trial_that_reads_after_a_rival_claimed_does_not_train(user_data
     assert contract.COST not in late.user_attrs and not late.intermediate_values
 
 
+def _collect_command(data, model: str, url: str, *, configs: int, epochs: int) -> list[str]:
+    """``quicktune collect`` on the user_data JSONL file, as a worker process runs it."""
+    import sys
+
+    return [sys.executable, "-m", "optuna_quicktune.cli", "collect", "--data", str(data), "--question-column", "prompt",
+            "--answer-column", "reply", "--model", model, "--storage", url, "--configs", str(configs),
+            "--epochs", str(epochs), "--metric", "eval_loss", "--max-length", "48", "--no-zero-shot", "--no-progress"]
+
+
 @pytest.mark.slow
 def test_two_collect_processes_share_one_storage_without_running_a_configuration_twice(user_data, tmp_path):
     import subprocess
-    import sys
 
     a, _, model = user_data
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    cmd = [sys.executable, "-m", "optuna_quicktune.cli", "collect", "--data", str(a), "--question-column", "prompt",
-           "--answer-column", "reply", "--model", model, "--storage", url, "--configs", "4", "--epochs", "1",
-           "--metric", "eval_loss", "--max-length", "48", "--no-zero-shot", "--no-progress",
-           "--checkpoint-dir", str(tmp_path / "ck")]
+    cmd = _collect_command(a, model, url, configs=4, epochs=1) + ["--checkpoint-dir", str(tmp_path / "ck")]
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outs
@@ -302,3 +307,46 @@ def test_a_run_whose_worker_died_is_run_again_but_a_failed_configuration_is_not(
     last = study.trials[-2:]
     assert last[0].state == optuna.trial.TrialState.COMPLETE and contract.DUPLICATE_OF not in last[0].user_attrs
     assert last[1].user_attrs[contract.DUPLICATE_OF] == study.trials[-3].number
+
+
+@pytest.mark.slow
+def test_sigterm_stops_collect_and_the_run_in_flight_is_failed_then_run_again(user_data, tmp_path):
+    """``kill PID`` (or a scheduler's stop) must not leave a RUNNING trial nor a hole in the table."""
+    import json
+    import signal
+    import subprocess
+
+    a, _, model = user_data
+    url = f"sqlite:///{tmp_path / 'term.db'}"
+    cmd = _collect_command(a, model, url, configs=3, epochs=2)
+    worker = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = optuna.trial.TrialState.RUNNING
+    deadline = time.time() + 300
+
+
+    def in_flight() -> bool:
+        try:  # the worker may be creating the schema or holding the write lock just now
+            names = optuna.get_all_study_names(url)
+            return bool(names) and any(t.state == running for t in optuna.load_study(study_name=names[0], storage=url).trials)
+        except Exception:
+            return False
+
+    while time.time() < deadline and worker.poll() is None and not in_flight():
+        time.sleep(0.1)
+    assert worker.poll() is None, "the collection ended before a run was in flight"
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, (out, err)
+    assert "stopped" in err
+    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    states = [t.state for t in study.trials]
+    assert running not in states and optuna.trial.TrialState.FAIL in states
+    assert all(contract.FAIL_REASON not in t.user_attrs for t in study.trials)  # not a result: runs again
+    # The same command resumes and completes the table.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout[done.stdout.index("{"):])["tasks"]
+    complete = [t for t in optuna.load_study(study_name=study.study_name, storage=url).trials
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs[contract.CONFIG_ID] for t in complete) == sorted(
+        lora_space().config_id(c) for c in collection_configs(3))

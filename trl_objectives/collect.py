@@ -53,7 +53,7 @@ from typing import Any
 from optuna_quicktune import contract
 from trl_objectives.cards import collection_report, write_data_card, write_pretrained
 from trl_objectives.claims import ClaimedRun, config_states
-from trl_objectives.runtime import open_storage, quiet_libraries
+from trl_objectives.runtime import open_storage, quiet_libraries, sigterm_as_interrupt
 from trl_objectives.zero_shot import score_base_model
 
 __all__ = ["collect", "collection_configs", "collection_tasks", "CollectTask", "DataFormat", "add_collect_parser", "study_name",
@@ -375,10 +375,22 @@ def _run_collect(args: argparse.Namespace) -> int:
     if tasks == ["all"] or (args.tasks is None and not args.data):
         tasks = task_names()
 
+    try:
+        with sigterm_as_interrupt():
+            summary = _collect_from_args(tasks, args)
+    except KeyboardInterrupt:
+        print("quicktune collect: stopped; the run in flight is recorded FAIL and runs again when the same "
+              "command resumes the storage.", file=sys.stderr)
+        return 130
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _collect_from_args(tasks: list[str], args: argparse.Namespace) -> dict[str, Any]:
     def column(value: str) -> str | None:
         return None if value.lower() == "none" else value
 
-    summary = collect(
+    return collect(
         tasks, data=_split_list(args.data),
         data_format=DataFormat(args.question_column, args.answer_column, column(args.fact_column),
                                column(args.split_column), args.system_prompt, args.max_examples),
@@ -388,5 +400,3 @@ def _run_collect(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir, zero_shot=not args.no_zero_shot, progress=not args.no_progress,
         time_limit=args.time_limit,
     )
-    print(json.dumps(summary, indent=1))
-    return 0

@@ -1,18 +1,23 @@
 """What a long-running command (``quicktune collect``, ``quicktune demo``) sets up around its trials.
 
-Why a module of its own: both commands need the same two things, and neither should borrow the
-other's private helpers: a storage that survives killed workers and shared SQLite files, and
-quiet libraries, so that their own progress bar stays readable.
+Why a module of its own: both commands need the same things, and neither should borrow the
+other's private helpers: a storage that survives killed workers and shared SQLite files, quiet
+libraries, so that their own progress bar stays readable, and a stop on SIGTERM that records the
+run in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["open_storage", "quiet_libraries"]
+__all__ = ["open_storage", "quiet_libraries", "sigterm_as_interrupt"]
 
 
 def open_storage(url: str, *, heartbeat: bool = True, grace_period: int = 120) -> Any:
@@ -62,3 +67,26 @@ def quiet_libraries() -> None:
     except (ImportError, AttributeError):  # pragma: no cover
         pass
     logging.getLogger("trl_objectives.objective").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler, a container stop) stops the collection as Ctrl-C does.
+
+    Why: Python's default for SIGTERM ends the process at once, leaving the run in flight RUNNING
+    until its heartbeat expires; as a ``KeyboardInterrupt`` Optuna records it FAIL (with no
+    ``quicktune.fail_reason``, so the next ``collect`` runs that configuration again). A process
+    started in the background of a script ignores SIGINT, so SIGTERM is how it is stopped.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
