@@ -85,16 +85,20 @@ def worker(args: argparse.Namespace) -> None:
 
     _patch_records(args.records)
     from trl_objectives.collect import collect
+    from trl_objectives.runtime import sigterm_as_interrupt
 
     blob = json.loads(Path(args.records).read_text())
     extra: dict[str, Any] = {}
     if args.eval_every_steps:
         extra["eval_every_steps"] = args.eval_every_steps  # needs collect's step fidelity (issue 13, item 1)
-    summary = collect(
-        [args.task], model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs,
-        facts=blob["facts"][args.task], seed=blob["seed"], metric=args.metric, max_length=args.max_length,
-        num_threads=1, checkpoint_dir=args.checkpoint_dir, progress=False, time_limit=args.time_limit, **extra,
-    )
+    # Started in the background of a script, a worker ignores SIGINT: gpu_ctl.sh stops it with SIGTERM,
+    # which records the run in flight FAIL (it runs again on resume) instead of leaving it RUNNING.
+    with sigterm_as_interrupt():
+        summary = collect(
+            [args.task], model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs,
+            facts=blob["facts"][args.task], seed=blob["seed"], metric=args.metric, max_length=args.max_length,
+            num_threads=1, checkpoint_dir=args.checkpoint_dir, progress=False, time_limit=args.time_limit, **extra,
+        )
     hardware = json.loads(args.hardware)
     for s in optuna.get_all_study_summaries(args.storage, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=args.storage)

@@ -6,7 +6,7 @@
 #   start-gemma N  keep piece N, unpack bundle "gemma", start the Gemma workers, wait $WAIT s, then `finish`
 #   unpack NAME    concatenate bundle NAME's pieces, check its SHA-256, unpack it into $QT_ROOT/x
 #   status         databases, GPU memory, last log lines
-#   finish         stop every worker cleanly (SIGINT, then KILL), tar the databases and logs into $OUT
+#   finish         stop every worker cleanly (SIGTERM, then KILL), tar the databases and logs into $OUT
 # Settings (environment): CONFIGS EPOCHS EVAL_EVERY MAX_LEN METRIC PER_GPU TIME_LIMIT WAIT QT_ROOT.
 # Pieces and bundles are made by tools/gpu_bundle.py; .gpu/ctl (SHA256SUMS, records.json) travels with each call.
 set -u
@@ -45,7 +45,8 @@ launch() {  # $1: label, $2: model spec
       --models "$2" $COLLECT > "$R/run-$1.log" 2>&1 < /dev/null & )
 }
 finish() {
-  pkill -INT -f "gpu_collect.py worker"; sleep 25; pkill -KILL -f "gpu_collect.py"; pkill -f "nvidia-smi --query"
+  # run first (it would start new workers), then the workers: SIGTERM records their runs FAIL
+  pkill -TERM -f "gpu_collect.py run"; pkill -TERM -f "gpu_collect.py worker"; sleep 25; pkill -KILL -f "gpu_collect.py"; pkill -f "nvidia-smi --query"
   status
   cd "$R" && for f in out-*/logs/*.log; do [ -f "$f" ] && tail -n 300 "$f" > "$f.tail" && mv "$f.tail" "$f"; done
   tar czf "$OUT/dbs.tgz" out-*/*.db out-*/hardware.json smi.csv && tar czf "$OUT/logs.tgz" out-*/logs run-*.log
