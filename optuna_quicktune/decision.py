@@ -173,7 +173,9 @@ class Decision:
 
     def portfolio_start(self, used: set[str], claimant: int | None = None) -> list[str]:
         """The portfolio members the study will still start, in order, before any score counts (rule 1)."""
-        left = self.settings.portfolio_first - self.state.n_started(exclude=claimant) if self.portfolio_order else 0
+        if not self.portfolio_order:
+            return []
+        left = self.settings.portfolio_first - self.state.n_started(exclude=claimant)
         return [cid for cid in self.portfolio_order if cid not in used][:max(left, 0)]
 
     def _local_all(self) -> Pool:

@@ -311,8 +311,9 @@ class QuickTuneSampler(BaseSampler):
         used = d.state.used_config_ids()
         final_mean, final_std = d.final_predictions()
         cost = d.new_predictions()[2]
-        where = {cid: i for i, cid in enumerate(d.pool.ids)}
-        members = [where[cid] for cid in d.portfolio_start(used) if cid in where]
+        position = d.pool.position
+        members = [position[cid] for cid in d.portfolio_start(used) if cid in position]
+        from_portfolio = set(members)
         ranked = (int(i) for i in np.argsort(-(d.sign * final_mean), kind="stable"))
         chosen = []
         for i in itertools.chain(members, ranked):
@@ -325,7 +326,7 @@ class QuickTuneSampler(BaseSampler):
                     contract.CONFIG_ID: cid,
                     contract.PREDICTED: {
                         "mean": float(final_mean[i]), "std": float(final_std[i]), "cost": float(cost[i]),
-                        "fidelity": d.fidelity_max, "source": "portfolio" if i in members else "surrogate",
+                        "fidelity": d.fidelity_max, "source": "portfolio" if i in from_portfolio else "surrogate",
                     },
                 },
             )

@@ -174,7 +174,7 @@ def headroom_markdown(report: dict[str, Any]) -> str:
             f"configurations run on every task) on {_f(share)} of them in-sample, "
             f"{_f(loo)} leave-one-task-out (first member chosen on the other tasks; target: under 0.5); "
             f"within {NEAR:g} normalised regret of the best (a tie where the metric collapses) on "
-            f"{_f(m.get('share_near_best_is_first'))} in-sample, {_f(m.get('share_near_best_is_first_loo'))} "
+            f"{_f(m['share_near_best_is_first'])} in-sample, {_f(m['share_near_best_is_first_loo'])} "
             "leave-one-task-out."
         )
     return "\n".join(lines) + "\n"
