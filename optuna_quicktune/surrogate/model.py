@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ import torch
 
 from optuna_quicktune.errors import SpaceMismatchError
 from optuna_quicktune.space import SearchSpace
+from optuna_quicktune.surrogate.calibration import row_scales
 from optuna_quicktune.surrogate.gp import ExactGP, Posterior
 from optuna_quicktune.surrogate.networks import CostNet, FeatureExtractor
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
@@ -74,6 +76,10 @@ class PerformanceSurrogate:
         self.context_y: torch.Tensor | None = None
         self.n_context = 0
         self.std_scale = 1.0
+        # Per-bin std factors by how much of the target budget a row's prefix covers (see
+        # .calibration); empty: ``std_scale`` for every row (surrogates saved before them).
+        self.std_scales: tuple[float, ...] = ()
+        self._set_scales: OrderedDict[Hashable, np.ndarray | float] = OrderedDict()  # named row sets' factors
         # tau2: variance of the offset that a new task's level has from the meta-learned one
         # (GP units; estimated on validation tasks by meta_train; see gp.py, "Task effect").
         self.task_effect = 0.0
@@ -89,6 +95,12 @@ class PerformanceSurrogate:
         if self.gp.lead:  # the residual kernel's raw inputs lead (see gp.py, "Residual correlation")
             z = torch.cat([b.x.double(), b.budget.double(), z], 1)
         return z
+
+    def set_calibration(self, std_scale: float, std_scales: Sequence[float] = ()) -> None:
+        """The predictive std's factors: one for every row, and per prefix bin (:mod:`.calibration`)."""
+        self.std_scale = float(std_scale)
+        self.std_scales = tuple(float(v) for v in std_scales)
+        self._set_scales.clear()
 
     def set_residual(self, share: float, inv_scale: "torch.Tensor | Sequence[float]") -> None:
         """Target-task residual correlation (``inv_scale``: per configuration dimension, then budget)."""
@@ -124,7 +136,7 @@ class PerformanceSurrogate:
         return self._posterior
 
     def predict_z(self, b: Batch, cache: bool = True, keys: list[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of the normalised score (calibrated by ``std_scale``).
+        """Mean and standard deviation of the normalised score (calibrated: :mod:`.calibration`).
 
         ``cache=False`` skips the query cache, for rows that will not be asked for again.
         ``keys``: the rows' keys in the query cache (``row_keys(b)``), when the caller kept them.
@@ -135,13 +147,29 @@ class PerformanceSurrogate:
             else:
                 q = self.posterior().query(self.embed(b), task_rows(b))
                 mean, var = q.mean, q.var.clamp_min(1e-9)
-        return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
+        return mean.numpy(), np.sqrt(var.numpy()) * row_scales(b, self.std_scales, self.std_scale)
 
     def predict_z_set(self, key: Hashable, make_batch: Callable[[], Batch]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_z` of a fixed row set named by ``key`` (see :class:`QueryCache`)."""
+        made: list[Batch] = []
+
+        def make() -> Batch:
+            made.append(make_batch())
+            return made[-1]
+
         with torch.no_grad():
-            mean, var = self.queries.predict_set(self.posterior(), key, make_batch, self.embed)
-        return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
+            mean, var = self.queries.predict_set(self.posterior(), key, make, self.embed)
+        return mean.numpy(), np.sqrt(var.numpy()) * self._set_scale(key, made, make_batch)
+
+    def _set_scale(self, key: Hashable, made: list[Batch], make_batch: Callable[[], Batch]) -> np.ndarray | float:
+        """The std factors of the named row set ``key`` (kept per key: a cached set's batch is not rebuilt)."""
+        if not self.std_scales:
+            return self.std_scale
+        if key not in self._set_scales:
+            self._set_scales[key] = row_scales(made[-1] if made else make_batch(), self.std_scales, self.std_scale)
+            while len(self._set_scales) > 64:
+                self._set_scales.popitem(last=False)
+        return self._set_scales[key]
 
     def conditioned(self, b: Batch, y: np.ndarray | torch.Tensor) -> "PerformanceSurrogate":
         """A new view that also conditions on ``(b, y)``; weights are shared and never change.
@@ -161,6 +189,7 @@ class PerformanceSurrogate:
     def invalidate(self) -> None:
         self._posterior = None
         self.queries.clear()
+        self._set_scales.clear()
 
 
 class CostSurrogate:

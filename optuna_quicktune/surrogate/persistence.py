@@ -50,7 +50,8 @@ def save(s: QuickTuneSurrogate, directory: str | Path) -> Path:
         "torch_version": torch.__version__,
         "space": s.space.to_json(),
         "preprocessing": s.prep.to_json(),
-        "performance": {"hparams": perf.hparams, "std_scale": perf.std_scale, "task_effect": perf.task_effect,
+        "performance": {"hparams": perf.hparams, "std_scale": perf.std_scale, "std_scales": list(perf.std_scales),
+                        "task_effect": perf.task_effect,
                         "residual": {"share": perf.gp.resid_share,
                                      "inv_scale": [] if perf.gp.resid_inv_scale is None else perf.gp.resid_inv_scale.tolist()}},
         "cost": {"hparams": s.cost.hparams, "trained": s.cost.trained},
@@ -103,7 +104,9 @@ def load(directory: str | Path) -> QuickTuneSurrogate:
         space = SearchSpace.from_json(config["space"])
         prep = Preprocessing.from_json(config["preprocessing"])
         perf = PerformanceSurrogate(**config["performance"]["hparams"])
-        perf.std_scale = float(config["performance"]["std_scale"])
+        # Surrogates saved before the per-bin calibration have one factor for every row.
+        perf.set_calibration(float(config["performance"]["std_scale"]),
+                             [float(v) for v in config["performance"].get("std_scales") or ()])
         # Surrogates saved before the task effect existed have none (0): they predict as they did.
         perf.task_effect = float(config["performance"].get("task_effect", 0.0))
         # ... and before the residual correlation: none (share 0), so again the same predictions.
