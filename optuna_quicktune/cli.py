@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--residual", choices=["on", "off"], default="on",
                     help="Estimate on the validation tasks how much of a configuration's unexplained score its "
                          "neighbours on the same task share, so that a study's own runs inform them ('off': the older model).")
+    mt.add_argument("--calibration", choices=["global", "prefix"], default="global",
+                    help="Fit the predictive std's factor once for every prediction, or per bin of how much of the "
+                         "target budget the run's curve covers (honest intervals at every curve length; docs/benchmarks.md, stop 23).")
     mt.set_defaults(func=_meta_train)
 
     ins = sub.add_parser("inspect", help="Show what a saved surrogate was trained on and how well it validated.")
@@ -142,7 +145,7 @@ def _meta_train(args: argparse.Namespace) -> int:
     md = MetaDataset.from_storage(args.storage, args.studies, metafeatures=args.metafeatures)
     print(f"Read {md}")
     s = meta_train(md, steps=args.steps, context_size=args.context_size, seed=args.seed, noise=args.noise, mean=args.mean,
-                   residual=args.residual == "on", time_limit=args.time_limit, progress=True)
+                   residual=args.residual == "on", calibration=args.calibration, time_limit=args.time_limit, progress=True)
     s.save(args.out)
     print(f"Saved to {args.out} ({s.info['train_seconds']} s). Validation: {s.info.get('validation', 'no held-out task')}")
     return 0

@@ -21,12 +21,16 @@ def test_meta_train_and_inspect(family, tmp_path, capsys):
     new = load(str(out))
     assert new.performance.hparams["noise"] == "prefix"  # the default model
     assert new.info["hyperparameters"]["residual"] is True and "residual" in new.info["validation"]
+    assert new.info["hyperparameters"]["calibration"] == "global" and new.performance.std_scales == ()
     old = tmp_path / "old"
     assert main(["meta-train", "--storage", storage, "--out", str(old), "--steps", "5", "--noise", "constant",
                  "--mean", "constant", "--residual", "off"]) == 0
     back = load(str(old))
     assert (back.performance.hparams["noise"], back.performance.hparams["mean"]) == ("constant", "constant")
     assert back.performance.gp.resid_share == 0.0 and "residual" not in back.info["validation"]
+    binned = tmp_path / "binned"
+    assert main(["meta-train", "--storage", storage, "--out", str(binned), "--steps", "5", "--calibration", "prefix"]) == 0
+    assert len(load(str(binned)).performance.std_scales) == 5
 
 
 def test_errors_are_one_line_and_help_is_useful(tmp_path, capsys):

@@ -275,7 +275,7 @@ def meta_train(
         "hyperparameters": {
             "steps": steps, "batch_size": batch_size, "context_size": context_size, "learning_rate": learning_rate,
             "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
-            "residual": residual,
+            "residual": residual, "calibration": calibration,
         },
     }
     # Calibrate the predictive std on validation tasks (context from training tasks only).
