@@ -55,6 +55,10 @@ def test_meta_train_calibrates_per_bin_and_the_factors_survive_save_and_load(tra
     _, sd_g = g.predict(X, prefixes, F, fidelity_max=F, metafeatures=mf)
     bins = prefix_bins(s.batch(X, prefixes, F, fidelity_max=F, metafeatures=mf))
     np.testing.assert_allclose(sd / sd_g, np.asarray(perf.std_scales)[bins] / perf.std_scale, rtol=1e-6)
+    # A named row set (the sampler's pool) gets the same factors, also when it is served from the cache.
+    for _ in range(2):
+        _, sd_set = s.predict(X, prefixes, F, fidelity_max=F, metafeatures=mf, query_key=("rows", 1))
+        np.testing.assert_allclose(sd_set, sd, rtol=1e-6)
 
     s.save(str(tmp_path / "s"))
     back = load(str(tmp_path / "s"))

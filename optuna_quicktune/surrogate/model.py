@@ -165,11 +165,13 @@ class PerformanceSurrogate:
         """The std factors of the named row set ``key`` (kept per key: a cached set's batch is not rebuilt)."""
         if not self.std_scales:
             return self.std_scale
-        if key not in self._set_scales:
-            self._set_scales[key] = row_scales(made[-1] if made else make_batch(), self.std_scales, self.std_scale)
+        scales = self._set_scales.get(key)
+        if scales is None:  # read once and returned as computed: views on other threads share the dict
+            scales = row_scales(made[-1] if made else make_batch(), self.std_scales, self.std_scale)
+            self._set_scales[key] = scales
             while len(self._set_scales) > 64:
                 self._set_scales.popitem(last=False)
-        return self._set_scales[key]
+        return scales
 
     def conditioned(self, b: Batch, y: np.ndarray | torch.Tensor) -> "PerformanceSurrogate":
         """A new view that also conditions on ``(b, y)``; weights are shared and never change.
