@@ -23,12 +23,17 @@ the coverage became 0.82 (fresh), 0.81 (``p = 1``), 0.89 (``p = 4``), 0.91 (``p 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from optuna_quicktune.surrogate.preprocessing import Batch
 
-__all__ = ["EDGES", "Z90", "MIN_ROWS", "prefix_bins", "fit_scales", "row_scales"]
+if TYPE_CHECKING:  # the model imports this module (row_scales), so these names are for type checkers only
+    from optuna_quicktune.surrogate.model import PerformanceSurrogate
+    from optuna_quicktune.surrogate.training import TrainingTuples
+
+__all__ = ["EDGES", "Z90", "MIN_ROWS", "calibrate", "prefix_bins", "fit_scales", "row_scales"]
 
 #: Upper edges of the bins with a prefix; bin 0 holds fresh rows, the last bin ``(1/2, 1)``.
 EDGES = (0.125, 0.25, 0.5)
@@ -63,3 +68,31 @@ def row_scales(b: Batch, scales: Sequence[float] | None, fallback: float) -> np.
     if not scales:
         return fallback
     return np.asarray(scales, dtype=np.float64)[prefix_bins(b)]
+
+
+def calibrate(perf: "PerformanceSurrogate", data: "TrainingTuples", val: Sequence[int], seed: int, *,
+              per_bin: bool = False) -> None:
+    """Set ``perf``'s std factors from the validation tasks ``val`` (context from the training tasks).
+
+    The global factor comes from 256 tuples per task (the model before stop 23 used it alone); with
+    ``per_bin`` each bin of :func:`prefix_bins` also gets its own from 1,024 more.
+    """
+    rng = np.random.default_rng(seed + 4)
+    perf.set_calibration(1.0)
+    zs = []
+    for t in val:
+        qb, qy = data.sample([t], 256, rng)
+        m, s = perf.predict_z(qb)
+        zs.append(np.abs(qy - m) / s)
+    scale = float(np.clip(np.quantile(np.concatenate(zs), 0.9) / Z90, *_CLIP))
+    if not per_bin:
+        perf.set_calibration(scale)
+        return
+    rng = np.random.default_rng(seed + 6)
+    zs, bins = [], []
+    for t in val:
+        qb, qy = data.sample([t], 1024, rng)
+        m, s = perf.predict_z(qb, cache=False)
+        zs.append(np.abs(qy - m) / s)
+        bins.append(prefix_bins(qb))
+    perf.set_calibration(scale, fit_scales(np.concatenate(zs), np.concatenate(bins), scale))

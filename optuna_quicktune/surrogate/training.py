@@ -30,7 +30,7 @@ import torch
 
 from optuna_quicktune.errors import EmptyMetaDatasetError
 from optuna_quicktune.metadataset import MetaDataset
-from optuna_quicktune.surrogate.calibration import fit_scales, prefix_bins
+from optuna_quicktune.surrogate.calibration import calibrate
 from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, single_thread
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
 from optuna_quicktune.surrogate.residual import estimate_residual, validation_rows
@@ -284,8 +284,7 @@ def meta_train(
         perf.set_context(ctx_b, ctx_y)
         perf.task_effect = _task_effect(perf, data, split.val) if task_effect else 0.0
         perf.invalidate()
-        scale = _calibrate(perf, data, split.val, seed)
-        perf.set_calibration(scale, _calibrate_bins(perf, data, split.val, seed, scale) if calibration == "prefix" else ())
+        calibrate(perf, data, split.val, seed, per_bin=calibration == "prefix")
         info["validation"] = _validation_report(perf, data, split.val)
         if residual:
             fit = estimate_residual(perf, validation_rows(data, split.val, seed + 5))
@@ -405,32 +404,6 @@ def _task_effect(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int
     if len(means) < 2:
         return 0.0
     return float(max(0.0, np.var(means, ddof=1) - np.mean(noise)))
-
-
-def _calibrate(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int], seed: int) -> float:
-    rng = np.random.default_rng(seed + 4)
-    zs = []
-    perf.set_calibration(1.0)
-    for t in val:
-        qb, qy = data.sample([t], 256, rng)
-        m, s = perf.predict_z(qb)
-        zs.append(np.abs(qy - m) / s)
-    z = np.concatenate(zs)
-    return float(np.clip(np.quantile(z, 0.9) / 1.6449, 0.5, 5.0))
-
-
-def _calibrate_bins(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int], seed: int,
-                    fallback: float) -> tuple[float, ...]:
-    """Per-bin std factors (:mod:`.calibration`) from 1,024 tuples per validation task, at factor 1."""
-    rng = np.random.default_rng(seed + 6)
-    perf.set_calibration(1.0)
-    zs, bins = [], []
-    for t in val:
-        qb, qy = data.sample([t], 1024, rng)
-        m, s = perf.predict_z(qb, cache=False)
-        zs.append(np.abs(qy - m) / s)
-        bins.append(prefix_bins(qb))
-    return fit_scales(np.concatenate(zs), np.concatenate(bins), fallback)
 
 
 def _validation_report(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int]) -> dict[str, float]:
