@@ -35,9 +35,9 @@ def test_each_bin_gets_the_factor_that_makes_its_interval_hold_90_percent():
     assert scales[4] == 1.7  # no bin-4 rows: the global factor
 
 
-def test_meta_train_calibrates_per_bin_and_the_factors_survive_save_and_load(train_md, full_md, tmp_path):
-    s = meta_train(train_md, steps=150, seed=0, calibration="prefix")
-    g = meta_train(train_md, steps=150, seed=0)  # calibration="global", the default
+def test_meta_train_calibrates_per_bin_and_the_factors_survive_save_and_load(train_md, full_md, surrogate, tmp_path):
+    s = meta_train(train_md, steps=300, seed=0, calibration="prefix")
+    g = surrogate  # the same meta-training with calibration="global", the default
     perf = s.performance
     assert len(perf.std_scales) == len(EDGES) + 2 and g.performance.std_scales == ()
     assert s.info["validation"]["std_scales"] == list(perf.std_scales)
