@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--residual", choices=["on", "off"], default="on",
                     help="Estimate on the validation tasks how much of a configuration's unexplained score its "
                          "neighbours on the same task share, so that a study's own runs inform them ('off': the older model).")
-    mt.add_argument("--calibration", choices=["global", "prefix"], default="global",
+    mt.add_argument("--calibration", choices=["global", "prefix"], default="global",  # calibration.CALIBRATIONS (no torch import for --help)
                     help="Fit the predictive std's factor once for every prediction, or per bin of how much of the "
                          "target budget the run's curve covers (honest intervals at every curve length; docs/benchmarks.md, stop 23).")
     mt.set_defaults(func=_meta_train)

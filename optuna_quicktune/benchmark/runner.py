@@ -122,8 +122,9 @@ def _meta_settings(cfg: "BenchConfig") -> list[Any]:
     models = {k: cfg.meta_kwargs.get(k, defaults.get(k, "constant")) for k in ("noise", "mean")}
     if cfg.meta_kwargs.get("residual", defaults.get("residual", False)):
         models["residual"] = True  # stop 17; absent when off, so stop-16 keys stay as they were
-    if cfg.meta_kwargs.get("calibration", defaults.get("calibration", "global")) != "global":
-        models["calibration"] = cfg.meta_kwargs.get("calibration", defaults.get("calibration"))  # stop 23, likewise
+    calibration = cfg.meta_kwargs.get("calibration", defaults.get("calibration", "global"))
+    if calibration != "global":
+        models["calibration"] = calibration  # stop 23; absent when global, so earlier keys stay as they were
     rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models and k not in ("residual", "calibration")}
     if set(models.values()) == {"constant"} and not rest:
         return []

@@ -33,7 +33,10 @@ if TYPE_CHECKING:  # the model imports this module (row_scales), so these names 
     from optuna_quicktune.surrogate.model import PerformanceSurrogate
     from optuna_quicktune.surrogate.training import TrainingTuples
 
-__all__ = ["EDGES", "Z90", "MIN_ROWS", "calibrate", "prefix_bins", "fit_scales", "row_scales"]
+__all__ = ["CALIBRATIONS", "EDGES", "Z90", "MIN_ROWS", "calibrate", "prefix_bins", "fit_scales", "row_scales"]
+
+#: ``meta_train(calibration=...)``: one factor for every row, or one per prefix bin.
+CALIBRATIONS = ("global", "prefix")
 
 #: Upper edges of the bins with a prefix; bin 0 holds fresh rows, the last bin ``(1/2, 1)``.
 EDGES = (0.125, 0.25, 0.5)
@@ -77,22 +80,23 @@ def calibrate(perf: "PerformanceSurrogate", data: "TrainingTuples", val: Sequenc
     The global factor comes from 256 tuples per task (the model before stop 23 used it alone); with
     ``per_bin`` each bin of :func:`prefix_bins` also gets its own from 1,024 more.
     """
-    rng = np.random.default_rng(seed + 4)
     perf.set_calibration(1.0)
-    zs = []
-    for t in val:
-        qb, qy = data.sample([t], 256, rng)
-        m, s = perf.predict_z(qb)
-        zs.append(np.abs(qy - m) / s)
-    scale = float(np.clip(np.quantile(np.concatenate(zs), 0.9) / Z90, *_CLIP))
+    z, _ = _errors(perf, data, val, 256, np.random.default_rng(seed + 4), cache=True)
+    scale = float(np.clip(np.quantile(z, 0.9) / Z90, *_CLIP))
     if not per_bin:
         perf.set_calibration(scale)
         return
-    rng = np.random.default_rng(seed + 6)
+    z, bins = _errors(perf, data, val, 1024, np.random.default_rng(seed + 6), cache=False)
+    perf.set_calibration(scale, fit_scales(z, bins, scale))
+
+
+def _errors(perf: "PerformanceSurrogate", data: "TrainingTuples", val: Sequence[int], n: int,
+            rng: np.random.Generator, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``|error| / std`` and the prefix bin of ``n`` sampled tuples per validation task."""
     zs, bins = [], []
     for t in val:
-        qb, qy = data.sample([t], 1024, rng)
-        m, s = perf.predict_z(qb, cache=False)
+        qb, qy = data.sample([t], n, rng)
+        m, s = perf.predict_z(qb, cache=cache)
         zs.append(np.abs(qy - m) / s)
         bins.append(prefix_bins(qb))
-    perf.set_calibration(scale, fit_scales(np.concatenate(zs), np.concatenate(bins), scale))
+    return np.concatenate(zs), np.concatenate(bins)

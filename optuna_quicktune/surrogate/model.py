@@ -151,6 +151,10 @@ class PerformanceSurrogate:
 
     def predict_z_set(self, key: Hashable, make_batch: Callable[[], Batch]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_z` of a fixed row set named by ``key`` (see :class:`QueryCache`)."""
+        if not self.std_scales:  # one factor: nothing to remember about the rows
+            with torch.no_grad():
+                mean, var = self.queries.predict_set(self.posterior(), key, make_batch, self.embed)
+            return mean.numpy(), np.sqrt(var.numpy()) * self.std_scale
         made: list[Batch] = []
 
         def make() -> Batch:
@@ -163,8 +167,6 @@ class PerformanceSurrogate:
 
     def _set_scale(self, key: Hashable, made: list[Batch], make_batch: Callable[[], Batch]) -> np.ndarray | float:
         """The std factors of the named row set ``key`` (kept per key: a cached set's batch is not rebuilt)."""
-        if not self.std_scales:
-            return self.std_scale
         scales = self._set_scales.get(key)
         if scales is None:  # read once and returned as computed: views on other threads share the dict
             scales = row_scales(made[-1] if made else make_batch(), self.std_scales, self.std_scale)

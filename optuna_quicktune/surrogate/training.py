@@ -30,15 +30,12 @@ import torch
 
 from optuna_quicktune.errors import EmptyMetaDatasetError
 from optuna_quicktune.metadataset import MetaDataset
-from optuna_quicktune.surrogate.calibration import calibrate
+from optuna_quicktune.surrogate.calibration import CALIBRATIONS, calibrate
 from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, single_thread
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
 from optuna_quicktune.surrogate.residual import estimate_residual, validation_rows
 
-__all__ = ["meta_train", "fine_tune", "TrainingTuples", "CALIBRATIONS"]
-
-#: ``meta_train(calibration=...)``: per prefix bin (:mod:`.calibration`) or one factor for every row.
-CALIBRATIONS = ("prefix", "global")
+__all__ = ["meta_train", "fine_tune", "TrainingTuples"]
 
 _logger = logging.getLogger(__name__)
 
