@@ -10,8 +10,9 @@ import pytest
 
 from optuna_quicktune.cli import main as quicktune
 from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
-from trl_objectives.bench_scores import format_table, returned_test_scores
+from trl_objectives.bench_scores import format_table, returned_runs, returned_test_scores
 from trl_objectives.collect import ZERO_SHOT
+from trl_objectives.wider_test import returned_configs
 
 DB = Path(__file__).resolve().parents[1] / "optuna_quicktune" / "pretrained" / "data" / "smollm2-135m-factqa.db"
 
@@ -39,3 +40,11 @@ def test_returned_test_scores_match_the_stored_runs(tmp_path):
     assert scores["zero-shot"] == pytest.approx(study.user_attrs[ZERO_SHOT]["test"]["eval_loss"])
     table = format_table({task: scores}, ["zero-shot", "default", "oracle"])
     assert table.splitlines()[2].startswith(f"| {task.split('/')[0]} | ") and "**" in table.splitlines()[-1]
+
+    # The runs behind those scores, as the wider-test tool retrains them.
+    matched = returned_runs(out, url)[task]
+    assert "zero-shot" not in matched and matched["oracle"][0].number == oracle_runs[0].number
+    assert matched["default"][0].params == default.params
+    configs = returned_configs(str(out), url, task, ["oracle"])
+    assert configs[next(label for label in configs if label.startswith("default"))] == DEFAULT_LORA_CONFIG
+    assert [params for label, params in configs.items() if "oracle x1" in label] == [oracle_runs[0].params]

@@ -22,60 +22,84 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from optuna_quicktune import contract
 
-__all__ = ["returned_test_scores", "format_table"]
+__all__ = ["StoredRun", "returned_runs", "returned_test_scores", "format_table"]
 
 TEST_SCORE = contract.TEST_SCORE
 
 
-def _stored_runs(storage: str) -> tuple[dict[str, list[tuple[list[float], float]]], dict[str, str]]:
-    """Per study: (curve, test score) of each complete run, and the direction."""
+class StoredRun(NamedTuple):
+    """One complete run of the collection: what ``returned_runs`` matches a bench result to."""
+
+    number: int
+    params: dict[str, Any]
+    curve: list[float]
+    test_score: float
+
+
+def _stored_runs(storage: str) -> tuple[dict[str, list[StoredRun]], dict[str, str]]:
+    """Per study: the complete runs with a test score, and the direction."""
     import optuna
 
-    runs: dict[str, list[tuple[list[float], float]]] = {}
+    runs: dict[str, list[StoredRun]] = {}
     direction: dict[str, str] = {}
     for name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
         direction[name] = (study.user_attrs.get(contract.TASK) or {}).get("direction", "maximize")
         runs[name] = [
-            ([float(v) for _, v in sorted(t.intermediate_values.items())], float(t.user_attrs[TEST_SCORE]))
+            StoredRun(t.number, dict(t.params), [float(v) for _, v in sorted(t.intermediate_values.items())],
+                      float(t.user_attrs[TEST_SCORE]))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if TEST_SCORE in t.user_attrs
         ]
     return runs, direction
 
 
-def returned_test_scores(results: str | Path, storage: str) -> dict[str, dict[str, float]]:
-    """``{task: {method: mean test score over seeds}}`` of the configurations the methods returned.
+def returned_runs(results: str | Path, storage: str) -> dict[str, dict[str, list[StoredRun]]]:
+    """``{task: {method: [the stored run each seed returned]}}`` (the zero-shot method is left out).
 
-    The zero-shot method returns the base model; ``oracle`` the best validation run. A run whose
-    best validation value matches no stored complete run (it came from a stopped run only) is left
-    out of the mean.
+    A method returns its best validation score observed within the budget; that value is matched
+    back to the stored complete run whose curve holds it (an exact value). A seed whose best value
+    matches no complete run (it came from a stopped run only) is left out.
     """
-    from optuna_quicktune.benchmark.scenarios import zero_shot_from_storage
-
     runs, direction = _stored_runs(storage)
-    zero = zero_shot_from_storage(storage, list(runs), split="test")
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    out: dict[str, dict[str, list[StoredRun]]] = defaultdict(lambda: defaultdict(list))
     for line in Path(results, "runs.jsonl").read_text().splitlines():
         r = json.loads(line)
         task, method = r["task"], r["method"]
-        if r.get("error") or task not in runs:
-            continue
-        if method == "zero-shot":
-            if task in zero:
-                scores[task][method].append(zero[task])
+        if r.get("error") or task not in runs or method == "zero-shot":
             continue
         sign = -1.0 if direction[task] == "minimize" else 1.0
         seen = [v for t, v in zip(r["trace"]["t"], r["trace"]["v"]) if t <= r["budget"] and math.isfinite(v)]
         if not seen:
             continue
         best = max(seen, key=lambda v: sign * v)
-        match = [ts for curve, ts in runs[task] if any(abs(c - best) <= 1e-9 * max(1.0, abs(best)) for c in curve)]
+        match = [run for run in runs[task] if any(abs(c - best) <= 1e-9 * max(1.0, abs(best)) for c in run.curve)]
         if match:
-            scores[task][method].append(float(match[0]))
+            out[task][method].append(match[0])
+    return {t: dict(ms) for t, ms in out.items()}
+
+
+def returned_test_scores(results: str | Path, storage: str) -> dict[str, dict[str, float]]:
+    """``{task: {method: mean test score over seeds}}`` of the configurations the methods returned.
+
+    The zero-shot method returns the base model; ``oracle`` the best validation run (see
+    :func:`returned_runs` for the matching).
+    """
+    from optuna_quicktune.benchmark.scenarios import zero_shot_from_storage
+
+    zero = zero_shot_from_storage(storage, split="test")
+    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in Path(results, "runs.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["method"] == "zero-shot" and not r.get("error") and r["task"] in zero:
+            scores[r["task"]]["zero-shot"].append(zero[r["task"]])
+    for task, methods in returned_runs(results, storage).items():
+        for method, matched in methods.items():
+            scores[task][method].extend(run.test_score for run in matched)
     return {t: {m: float(sum(v) / len(v)) for m, v in ms.items() if v} for t, ms in scores.items()}
 
 
