@@ -24,21 +24,12 @@ Example::
 
 from __future__ import annotations
 
-import calendar
-import errno
-import html.entities
-import mimetypes
-import os
 import random
-import signal
-import string
-import token
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+
+from trl_objectives import fact_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     from trl_objectives.data import QADataset
@@ -94,107 +85,6 @@ class FactTask:
         return n // PARAPHRASES if self.natural else n
 
 
-# ---------------------------------------------------------------------------- fact builders
-def _http_status() -> list[tuple[str, str]]:
-    return [(str(int(s)), s.phrase) for s in HTTPStatus]
-
-
-def _http_description() -> list[tuple[str, str]]:
-    return [(f"{int(s)} {s.phrase}", s.description) for s in HTTPStatus if s.description and len(s.description) <= 60]
-
-
-def _mime_types() -> list[tuple[str, str]]:
-    # A fresh MimeTypes() holds Python's built-in table only (no /etc/mime.types), so the facts do
-    # not depend on the machine.
-    table = mimetypes.MimeTypes().types_map[1]
-    return [(ext, mime) for ext, mime in table.items()]
-
-
-def _html_entities() -> list[tuple[str, str]]:
-    return [(unicodedata.name(chr(cp), f"U+{cp:04X}").title(), name)
-            for cp, name in html.entities.codepoint2name.items()]
-
-
-def _unicode_names() -> list[tuple[str, str]]:
-    # Greek, Cyrillic and arrows: printable, named, and short names.
-    ranges = [(0x0391, 0x03A9), (0x03B1, 0x03C9), (0x0410, 0x042F), (0x2190, 0x2199), (0x2200, 0x2222)]
-    out = []
-    for lo, hi in ranges:
-        for cp in range(lo, hi + 1):
-            name = unicodedata.name(chr(cp), "")
-            if name and len(name.split()) <= 5:
-                out.append((chr(cp), name))
-    return out
-
-
-def _errno_messages() -> list[tuple[str, str]]:
-    return [(name, os.strerror(code)) for code, name in errno.errorcode.items()
-            if not os.strerror(code).startswith("Unknown error")]
-
-
-def _timezones() -> list[tuple[str, str]]:
-    from zoneinfo import ZoneInfo, available_timezones
-
-    when = datetime(2024, 1, 15, 12, 0, tzinfo=timezone.utc)  # a fixed instant: no dependence on today
-    out = []
-    for zone in available_timezones():
-        if "/" not in zone or zone.startswith(("Etc/", "SystemV/", "US/", "posix/", "right/")):
-            continue
-        offset = when.astimezone(ZoneInfo(zone)).utcoffset()
-        assert offset is not None
-        minutes = int(offset.total_seconds() // 60)
-        sign = "+" if minutes >= 0 else "-"
-        out.append((zone, f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"))
-    return out
-
-
-def _countries() -> list[tuple[str, str]]:
-    from babel import Locale
-
-    return [(code, name) for code, name in Locale("en").territories.items()
-            if len(code) == 2 and code.isalpha() and code not in {"ZZ", "XA", "XB", "XK", "EU", "EZ", "UN", "QO"}]
-
-
-def _currencies() -> list[tuple[str, str]]:
-    from babel import Locale
-
-    return [(code, name) for code, name in Locale("en").currencies.items() if "(" not in name]
-
-
-def _ascii_codes() -> list[tuple[str, str]]:
-    return [(c, str(ord(c))) for c in string.ascii_letters + string.digits + string.punctuation]
-
-
-def _signals() -> list[tuple[str, str]]:
-    return [(s.name, str(int(s))) for s in signal.Signals if s.name.startswith("SIG") and not s.name.startswith("SIGRT")]
-
-
-def _tokens() -> list[tuple[str, str]]:
-    return [(op, token.tok_name[t]) for op, t in token.EXACT_TOKEN_TYPES.items()]
-
-
-def _encodings() -> list[tuple[str, str]]:
-    from encodings.aliases import aliases
-
-    return [(alias, codec) for alias, codec in aliases.items() if alias != codec]
-
-
-def _weekdays() -> list[tuple[str, str]]:
-    # calendar.day_name is locale-dependent; fix the English names via an explicit date computation.
-    names = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-    out = []
-    for year in (2023, 2024, 2025):
-        for month in (1, 4, 7, 10):
-            for day in (1, 13, 25):
-                out.append((f"{_MONTHS[month - 1]} {day}, {year}",
-                            names[calendar.weekday(year, month, day)]))
-    return out
-
-
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"]
-
-
 # ---------------------------------------------------------------------------- registry
 def _t(*templates: str) -> tuple[str, ...]:
     assert len(templates) == PARAPHRASES, len(templates)
@@ -237,7 +127,7 @@ TASKS: dict[str, FactTask] = {
     t.name: t
     for t in [
         FactTask(
-            "http-status", "HTTP status code -> reason phrase", "http.HTTPStatus.phrase", _PSF, _http_status,
+            "http-status", "HTTP status code -> reason phrase", "http.HTTPStatus.phrase", _PSF, fact_tables.http_status,
             _t("What is the reason phrase of HTTP status code {s}?",
                "HTTP status {s} means what?",
                "Which reason phrase goes with the HTTP code {s}?",
@@ -253,7 +143,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "http-description", "HTTP status -> its description", "http.HTTPStatus.description", _PSF,
-            _http_description,
+            fact_tables.http_description,
             _t("What does HTTP status {s} describe?",
                "Describe the meaning of the HTTP status {s}.",
                "When is HTTP {s} returned? Give its description.",
@@ -269,7 +159,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "mime-types", "file extension -> MIME type", "mimetypes.MimeTypes().types_map (built-in table)", _PSF,
-            _mime_types,
+            fact_tables.mime_types,
             _t("What is the MIME type of a {s} file?",
                "Which MIME type goes with the extension {s}?",
                "A file ends in {s}. What is its content type?",
@@ -285,7 +175,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "html-entities", "character name -> HTML entity name", "html.entities.codepoint2name", _PSF,
-            _html_entities,
+            fact_tables.html_entities,
             _t("What is the HTML entity name of the character {s}?",
                "Which named HTML entity writes {s}?",
                "In HTML, how is {s} written as a named entity (without & and ;)?",
@@ -301,7 +191,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "unicode-names", "character -> Unicode name", "unicodedata.name (Greek, Cyrillic, arrows, math)",
-            "Unicode License v3 (Unicode Character Database, via Python)", _unicode_names,
+            "Unicode License v3 (Unicode Character Database, via Python)", fact_tables.unicode_names,
             _t("What is the Unicode name of the character {s}?",
                "Give the official Unicode name of {s}.",
                "Which Unicode character name belongs to {s}?",
@@ -317,7 +207,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "errno-messages", "errno symbol -> error message", "errno.errorcode + os.strerror (Linux glibc)",
-            _PSF + "; messages from the C library (LGPL-2.1 glibc)", _errno_messages,
+            _PSF + "; messages from the C library (LGPL-2.1 glibc)", fact_tables.errno_messages,
             _t("What is the error message of errno {s}?",
                "What does the error code {s} mean?",
                "Which message does strerror give for {s}?",
@@ -333,7 +223,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "timezones", "IANA time zone -> UTC offset on 2024-01-15", "zoneinfo + tzdata",
-            "Public domain (IANA tz database); tzdata package Apache-2.0", _timezones,
+            "Public domain (IANA tz database); tzdata package Apache-2.0", fact_tables.timezones,
             _t("What is the UTC offset of the time zone {s} in mid January 2024?",
                "In January 2024, which UTC offset does {s} use?",
                "Give the UTC offset of {s} on 15 January 2024.",
@@ -349,7 +239,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "country-codes", "ISO 3166 alpha-2 code -> English country name", "babel Locale('en').territories (CLDR)",
-            "Unicode License v3 (CLDR data); babel BSD-3-Clause", _countries,
+            "Unicode License v3 (CLDR data); babel BSD-3-Clause", fact_tables.countries,
             _t("Which country has the ISO code {s}?",
                "What country does the two-letter code {s} stand for?",
                "ISO 3166 code {s} belongs to which country?",
@@ -365,7 +255,7 @@ TASKS: dict[str, FactTask] = {
         ),
         FactTask(
             "currency-codes", "ISO 4217 currency code -> English currency name", "babel Locale('en').currencies (CLDR)",
-            "Unicode License v3 (CLDR data); babel BSD-3-Clause", _currencies,
+            "Unicode License v3 (CLDR data); babel BSD-3-Clause", fact_tables.currencies,
             _t("Which currency has the ISO code {s}?",
                "What is the name of the currency {s}?",
                "ISO 4217 code {s} stands for which currency?",
@@ -380,7 +270,7 @@ TASKS: dict[str, FactTask] = {
                "{s} is the code of which currency?"),
         ),
         FactTask(
-            "ascii-codes", "printable ASCII character -> decimal code", "string.printable + ord", _PSF, _ascii_codes,
+            "ascii-codes", "printable ASCII character -> decimal code", "string.printable + ord", _PSF, fact_tables.ascii_codes,
             _t("What is the ASCII code of the character {s}?",
                "Which decimal number encodes {s} in ASCII?",
                "Give the ASCII value of {s}.",
@@ -395,7 +285,7 @@ TASKS: dict[str, FactTask] = {
                "Convert {s} to its ASCII number."),
         ),
         FactTask(
-            "signal-numbers", "POSIX signal name -> number (Linux)", "signal.Signals", _PSF, _signals,
+            "signal-numbers", "POSIX signal name -> number (Linux)", "signal.Signals", _PSF, fact_tables.signals,
             _t("What is the number of the signal {s}?",
                "Which signal number is {s} on Linux?",
                "Give the numeric value of {s}.",
@@ -410,7 +300,7 @@ TASKS: dict[str, FactTask] = {
                "On Linux, {s} is signal number?"),
         ),
         FactTask(
-            "python-tokens", "Python operator -> token name", "token.EXACT_TOKEN_TYPES + token.tok_name", _PSF, _tokens,
+            "python-tokens", "Python operator -> token name", "token.EXACT_TOKEN_TYPES + token.tok_name", _PSF, fact_tables.tokens,
             _t("What is the token name of the Python operator {s}?",
                "Which token type does Python's tokenizer give to {s}?",
                "In Python's token module, {s} is called what?",
@@ -425,7 +315,7 @@ TASKS: dict[str, FactTask] = {
                "Name the token type of {s} in Python."),
         ),
         FactTask(
-            "codec-aliases", "encoding alias -> Python codec name", "encodings.aliases.aliases", _PSF, _encodings,
+            "codec-aliases", "encoding alias -> Python codec name", "encodings.aliases.aliases", _PSF, fact_tables.encodings,
             _t("Which Python codec does the encoding alias {s} refer to?",
                "What is the codec name for the alias {s}?",
                "The encoding name {s} maps to which codec?",
@@ -440,7 +330,7 @@ TASKS: dict[str, FactTask] = {
                "Name the codec that {s} stands for."),
         ),
         FactTask(
-            "weekdays", "date -> day of the week", "calendar.weekday", _PSF, _weekdays,
+            "weekdays", "date -> day of the week", "calendar.weekday", _PSF, fact_tables.weekdays,
             _t("What day of the week was {s}?",
                "On which weekday did {s} fall?",
                "{s} was which day of the week?",
