@@ -41,13 +41,17 @@ def test_collection_configs_start_with_the_default_and_extend_stably():
 
 
 @pytest.mark.slow
-def test_collect_runs_a_full_table_and_resumes_after_an_interruption(tiny_model, tmp_path):
+def test_collect_runs_a_full_table_and_resumes_after_an_interruption(tiny_model, tmp_path, caplog):
     url = f"sqlite:///{tmp_path / 'factqa.db'}"
     kw = dict(model=tiny_model, storage=url, configs=2, epochs=1, facts=2, metric="token_f1", max_length=64,
               checkpoint_dir=str(tmp_path / "ck"), progress=False, grace_period=1)
     # An interrupted start: studies described, zero-shot of the first task scored, no trial run yet.
-    first = collect(TASKS, time_limit=0, **kw)
+    with caplog.at_level("WARNING", logger="trl_objectives.collect"):
+        first = collect(TASKS, time_limit=0, **kw)
     assert first["trials_run"] == 0 and first["stopped_by_time_limit"]
+    # 2 facts give 2 validation questions per task: the user is told that they rank configurations by 2 answers.
+    small = [r.getMessage() for r in caplog.records if "validation example" in r.getMessage()]
+    assert len(small) == len(TASKS) and "has 2 validation example(s)" in small[0]
     store = open_storage(url, grace_period=1)
     names = {s.study_name for s in optuna.get_all_study_summaries(store)}
     a_name = next(n for n in names if n.startswith(TASKS[0] + "/"))

@@ -69,6 +69,12 @@ zero_shot_scores = score_base_model
 
 _logger = logging.getLogger(__name__)
 
+#: Below this many validation examples a task's scores rank configurations by a few answers: on the
+#: CPU tables' natural tasks (2 validation questions) the configuration best on validation was
+#: worse than the default on 48 unseen questions for Gemma 3 270M (docs/metadataset.md, "Wider test
+#: splits"). ``collect`` warns, since those scores become the meta-dataset's labels.
+SMALL_VALIDATION = 10
+
 
 def collection_configs(n: int, *, seed: int = 0, space: Any = None) -> list[dict[str, Any]]:
     """The collection's configurations: ``DEFAULT_LORA_CONFIG`` then ``n - 1`` seeded samples of the space.
@@ -255,6 +261,13 @@ def collect(
         )
         for task in task_list
     }
+    for name, objective in objectives.items():
+        n_val = len(objective.dataset.validation)
+        if n_val < SMALL_VALIDATION:
+            _logger.warning(
+                "Task %r has %d validation example(s): its scores, the labels the surrogate is meta-trained "
+                "on, rank configurations by %d answer(s). Use more examples (--facts, or a larger validation "
+                "split) for a table to learn from; at least %d is advised.", name, n_val, n_val, SMALL_VALIDATION)
     studies: dict[str, Any] = {}
     for task in task_list:
         objective = objectives[task.name]
