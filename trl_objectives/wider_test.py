@@ -111,10 +111,10 @@ def rescore_task(
             max_length=int(info["max_length"]), seed=int(info["seed"]), num_threads=num_threads, space=space,
             dataset_name=task, checkpoint_dir=scratch_dir,
         )
+        base = score_base_model(objective, ("validation", "test"))
         out: dict[str, Any] = {"task": task, "study": study_name, "model": task_info["model"], "metric": metric,
                                "questions": len(dataset.test), "extra_seed": extra_seed,
-                               "base_model": score_base_model(objective, ("validation", "test")), "runs": []}
-        out["base_model"] = {split: scores[metric] for split, scores in out["base_model"].items()}
+                               "base_model": {split: scores[metric] for split, scores in base.items()}, "runs": []}
         for label, params in configs.items():
             run = optuna.create_study(direction=objective.direction, pruner=optuna.pruners.NopPruner(),
                                       sampler=optuna.samplers.PartialFixedSampler(dict(params), optuna.samplers.RandomSampler(0)))
@@ -165,7 +165,7 @@ def _compress(labels: list[str]) -> list[str]:
 
 def format_rows(result: Mapping[str, Any]) -> list[str]:
     """Markdown rows: task, configuration, stored test (2 questions), wider test, validation reproduced."""
-    rows = [f"| {result['task']} | base model | {'-'} | {result['base_model']['test']:.3f} | - |"]
+    rows = [f"| {result['task']} | base model | - | {result['base_model']['test']:.3f} | - |"]
     for r in result["runs"]:
         stored = r["stored_val_curve"]
         diff = "-" if stored is None else f"{max(abs(a - b) for a, b in zip(r['val_curve'], stored)):.1e}"
