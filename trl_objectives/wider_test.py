@@ -47,30 +47,21 @@ def wider_dataset(task: str, facts: int, *, seed: int, extra: int, extra_seed: i
     """
     import datasets
 
-    from trl_objectives.tasks import get_task, load_task, task_records
+    from trl_objectives.tasks import get_task, load_task, task_names, task_records
 
     fact_task = get_task(task)
     if not fact_task.natural:
         raise ValueError(f"{task!r} is a templated fact task: its test questions are paraphrases of trained facts "
                          "and there are no more of them. A wider test split exists only for natural tasks "
-                         f"(tags 'natural'), e.g. {', '.join(n for n in _natural_names()[:3])}.")
+                         f"(tags 'natural'), e.g. {', '.join(task_names(natural=True)[:3])}.")
     base = load_task(task, facts, seed=seed)
     seen = {r["question"] for r in task_records(task, facts, seed=seed)}
-    unseen: dict[str, str] = {}
-    for question, answer in fact_task.facts():
-        if question not in seen and question not in unseen:
-            unseen[question] = answer
+    unseen = {question: answer for question, answer in fact_task.facts() if question not in seen}  # facts() is de-duplicated
     if extra < 1 or extra > len(unseen):
         raise ValueError(f"extra must be in 1..{len(unseen)} (the unseen questions of {task!r}), got {extra}.")
     picked = sorted(random.Random(f"{task}:wider:{extra_seed}").sample(sorted(unseen), extra))
     test = datasets.Dataset.from_list([{"question": q, "answer": unseen[q]} for q in picked])
     return dataclasses.replace(base, test=test)
-
-
-def _natural_names() -> list[str]:
-    from trl_objectives.tasks import task_names
-
-    return task_names(natural=True)
 
 
 def rescore_task(
@@ -137,17 +128,22 @@ def rescore_task(
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
-def returned_configs(results: str, storage: str, study_name: str, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{label: params}``: the default configuration and each distinct configuration ``methods`` returned."""
+def returned_configs(
+    results: str, storage: str, study_name: str, methods: Sequence[str], matched: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``{label: params}``: the default configuration and each distinct configuration ``methods`` returned.
+
+    ``matched``: :func:`~trl_objectives.bench_scores.returned_runs` of ``results`` when the caller has it.
+    """
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
     from trl_objectives.bench_scores import returned_runs
 
     space = lora_space()
     labels: dict[str, list[str]] = {space.config_id(DEFAULT_LORA_CONFIG): ["default"]}
     params: dict[str, dict[str, Any]] = {space.config_id(DEFAULT_LORA_CONFIG): dict(DEFAULT_LORA_CONFIG)}
-    matched = returned_runs(results, storage).get(study_name, {})
+    runs = (returned_runs(results, storage) if matched is None else matched).get(study_name, {})
     for method in methods:
-        for seed, run in enumerate(matched.get(method, [])):
+        for seed, run in enumerate(runs.get(method, [])):
             cid = space.config_id(run.params)
             params.setdefault(cid, dict(run.params))
             labels.setdefault(cid, []).append(f"{method}#{seed}")
@@ -192,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_libraries()
     names = optuna.get_all_study_names(args.storage)
+    from trl_objectives.bench_scores import returned_runs
+
+    matched = returned_runs(args.results, args.storage)  # read once for every task
     results = []
     print("| task | configuration | stored test (collection split) | wider test | max abs validation difference to the stored run |")
     print("|---|---|---|---|---|")
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         study = [n for n in names if n.split("/")[0] == task]
         if len(study) != 1:
             raise SystemExit(f"{args.storage} has {len(study)} studies of task {task!r} (need exactly one).")
-        configs = returned_configs(args.results, args.storage, study[0], args.methods.split(","))
+        configs = returned_configs(args.results, args.storage, study[0], args.methods.split(","), matched)
         result = rescore_task(args.storage, study[0], configs, extra=args.extra, extra_seed=args.extra_seed,
                               num_threads=args.threads, model=args.model)
         results.append(result)
