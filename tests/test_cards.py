@@ -6,6 +6,7 @@ said SmolLM2 for Gemma runs (as stop 14's did) would mislabel every surrogate me
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -57,3 +58,12 @@ def test_a_surrogate_card_names_its_family_and_a_mixed_collection_is_refused(gem
     with pytest.raises(ValueError, match="surrogates are per model family"):
         write_pretrained(gemma, tmp_path / "mixed", steps=40, time_limit=60)
     assert not (tmp_path / "mixed").exists()  # refused before meta-training, nothing written
+
+
+def test_a_two_family_data_card_names_each_natural_task_once(gemma, tmp_path):
+    smol = next(n for n in optuna.get_all_study_names(f"sqlite:///{SMOL_DB}") if n.startswith("fanoutqa-society/"))
+    optuna.copy_study(from_study_name=smol, from_storage=f"sqlite:///{SMOL_DB}", to_storage=gemma)
+    card = tmp_path / "card.md"
+    write_data_card(gemma, card, how="test")
+    named = re.search(r"The natural tasks \(([^)]*)\)", card.read_text()).group(1).split(", ")
+    assert "fanoutqa-society" in named and len(named) == len(set(named))  # one study per model, one name per task

@@ -200,10 +200,11 @@ def write_data_card(
         for v in tasks
     )
     name = name or Path(storage.rsplit("/", 1)[-1]).name
-    natural = [v["dataset"] for v in tasks if str(v["dataset"]).startswith("fanoutqa-")]
+    natural = sorted({v["dataset"] for v in tasks if str(v["dataset"]).startswith("fanoutqa-")})  # one study per model
     fanout = (f" The natural tasks ({', '.join(natural)}) hold questions of FanOutQA (Zhu et al., ACL 2024), "
               "CC BY-SA 4.0, read from the `fanoutqa` package at run time; the storage holds no question, only "
-              "configurations and scores. A natural task's fact count is its question count / 12 (80/10/10 split)."
+              "configurations and scores. `--facts N` gives a natural task 12 x N questions, each its own fact (so its "
+              "facts column counts questions), split at random 80/10/10."
               if natural else "")
     families = [model_family(m) for m in sorted({v["model"] for v in tasks})]
     runs_of = " or ".join(f"{f['name']} (`--model {f['spec']}`)" for f in families) or "a base model"
