@@ -50,6 +50,8 @@ def add_faults_parser(sub: Any) -> None:
     p.add_argument("--sleep", type=float, default=0.05, help="Real seconds per simulated fidelity step.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-corpus", action="store_true", help="Only the kill loop.")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="Keep the storages, worker logs and surrogate in DIR (default: a temporary folder, removed).")
     p.add_argument("--json", action="store_true", help="Print the figures as JSON.")
     p.set_defaults(func=_main)
 
@@ -62,7 +64,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.kills < 0 or args.trials < 1:
         raise ValueError("--workers and --trials must be >= 1 and --kills >= 0.")
     report = run_chaos(storages, workers=args.workers, kills=args.kills, trials=args.trials, sleep=args.sleep,
-                       seed=args.seed, postgres_url=args.postgres_url, corpus=not args.skip_corpus, log=not args.json)
+                       seed=args.seed, postgres_url=args.postgres_url, corpus=not args.skip_corpus, log=not args.json,
+                       work=None if args.keep is None else Path(args.keep))
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -75,12 +78,21 @@ def _main(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- the kill loop
 def run_chaos(storages: list[str], *, workers: int = 3, kills: int = 60, trials: int = 12, sleep: float = 0.05,
-              seed: int = 0, postgres_url: str | None = None, corpus: bool = True, log: bool = True) -> dict[str, Any]:
-    """Run the kill loop on each storage (and the malformed corpus); returns the figures."""
+              seed: int = 0, postgres_url: str | None = None, corpus: bool = True, log: bool = True,
+              work: Path | None = None) -> dict[str, Any]:
+    """Run the kill loop on each storage (and the malformed corpus); returns the figures.
+
+    ``work``: where the storages, worker logs and surrogate go, kept for inspection; by default a
+    temporary folder, removed at the end (a run leaves nothing behind).
+    """
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="quicktune-faults-") as tmp:
+            return run_chaos(storages, workers=workers, kills=kills, trials=trials, sleep=sleep, seed=seed,
+                             postgres_url=postgres_url, corpus=corpus, log=log, work=Path(tmp))
     from optuna_quicktune.pgserver import local_postgres
 
     rng = np.random.default_rng(seed)
-    work = Path(tempfile.mkdtemp(prefix="quicktune-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
     surrogate_dir = _train_surrogate(work / "surrogate", seed)
     per_storage = [kills // len(storages) + (1 if i < kills % len(storages) else 0) for i in range(len(storages))]
     report: dict[str, Any] = {"workers": workers, "kills": kills, "seed": seed, "storages": {}}

@@ -62,8 +62,7 @@ def run_corpus(surrogate_dir: Path, work: Path) -> list[dict[str, str]]:
     out.append(_huge_step_case(surrogate_dir, work))
     for name, mutate in _surrogate_cases().items():
         out.append(_surrogate_case(f"surrogate folder: {name}", mutate, surrogate_dir, work))
-    for url in ("sqlite:///missing-folder/x.db", "nonsense://x", "::::", "sqlite:///typo.db", "notdb"):
-        out.append(_cli_case(url, work))
+    out += _cli_cases(("sqlite:///missing-folder/x.db", "nonsense://x", "::::", "sqlite:///typo.db", "notdb"), work)
     return out
 
 
@@ -323,17 +322,35 @@ def _surrogate_case(case: str, mutate: Callable[[Path], None], surrogate_dir: Pa
     return _record(case, "silent misread", "loaded")
 
 
-def _cli_case(url: str, work: Path) -> dict[str, str]:
-    case = f"CLI meta-train --storage {url}"
-    r = subprocess.run([sys.executable, "-m", "optuna_quicktune.cli", "meta-train", "--storage", url, "--out",
-                        str(work / "never")], capture_output=True, text=True, cwd=work, timeout=300, env=package_env())
-    err = r.stderr.strip()
-    created = (work / "typo.db").exists() or (work / "notdb").exists()
-    if "Traceback" in err:
-        return _record(case, "traceback", err.splitlines()[-1])
-    if r.returncode != 0 and len(err.splitlines()) == 1 and not created:
-        return _record(case, "clear error", err)
-    return _record(case, "silent misread", f"exit {r.returncode}; created a file: {created}; {err[:200]}")
+def _cli_cases(urls: tuple[str, ...], work: Path) -> list[dict[str, str]]:
+    """``quicktune meta-train --storage URL`` for each URL, all at once (each a fresh interpreter,
+    so most of the time is imports), each in its own folder so that a file it wrongly creates is its own."""
+    runs = []
+    for i, url in enumerate(urls):
+        cwd = work / f"cli-{i}"
+        cwd.mkdir(parents=True, exist_ok=True)
+        runs.append((url, cwd, subprocess.Popen(
+            [sys.executable, "-m", "optuna_quicktune.cli", "meta-train", "--storage", url, "--out", str(cwd / "never")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=package_env())))
+    out = []
+    for url, cwd, proc in runs:
+        case = f"CLI meta-train --storage {url}"
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            out.append(_record(case, "traceback", "no answer within 300 s"))
+            continue
+        err = err.strip()
+        created = sorted(p.name for p in cwd.iterdir())
+        if "Traceback" in err:
+            out.append(_record(case, "traceback", err.splitlines()[-1]))
+        elif proc.returncode != 0 and len(err.splitlines()) == 1 and not created:
+            out.append(_record(case, "clear error", err))
+        else:
+            out.append(_record(case, "silent misread", f"exit {proc.returncode}; created {created}; {err[:200]}"))
+    return out
 
 
 def package_env() -> dict[str, str]:

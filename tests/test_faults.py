@@ -8,6 +8,9 @@ is never run again, or a malformed input ends in a traceback or a silent misread
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from optuna_quicktune.chaos import run_chaos
@@ -18,8 +21,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(900)
 def test_sigkilled_workers_lose_nothing():
+    before = set(Path(tempfile.gettempdir()).glob("quicktune-faults-*"))
     storages = ["sqlite", "journal"] + (["postgresql"] if postgres_available() else [])
     report = run_chaos(storages, workers=2, kills=len(storages), trials=2, sleep=0.05, seed=1, corpus=False, log=False)
+    assert set(Path(tempfile.gettempdir()).glob("quicktune-faults-*")) == before  # its storages, logs and surrogate are removed
     for name, r in report["storages"].items():
         assert r["kills"] == 1, name
         assert (r["completed_lost"], r["duplicates"], r["running_left"], r["killed_never_rerun"]) == (0, 0, 0, 0), (name, r)
