@@ -85,34 +85,35 @@ def run_chaos(storages: list[str], *, workers: int = 3, kills: int = 60, trials:
     ``work``: where the storages, worker logs and surrogate go, kept for inspection; by default a
     temporary folder, removed at the end (a run leaves nothing behind).
     """
-    if work is None:
-        with tempfile.TemporaryDirectory(prefix="quicktune-faults-") as tmp:
-            return run_chaos(storages, workers=workers, kills=kills, trials=trials, sleep=sleep, seed=seed,
-                             postgres_url=postgres_url, corpus=corpus, log=log, work=Path(tmp))
     from optuna_quicktune.pgserver import local_postgres
 
-    rng = np.random.default_rng(seed)
-    work.mkdir(parents=True, exist_ok=True)
-    surrogate_dir = _train_surrogate(work / "surrogate", seed)
-    per_storage = [kills // len(storages) + (1 if i < kills % len(storages) else 0) for i in range(len(storages))]
-    report: dict[str, Any] = {"workers": workers, "kills": kills, "seed": seed, "storages": {}}
-    for name, n_kills in zip(storages, per_storage):
-        with contextlib.ExitStack() as stack:
-            if name == "sqlite":
-                url = f"sqlite:///{work / 'chaos.db'}"
-            elif name == "journal":
-                url = f"journal:{work / 'chaos.log'}"
-            else:
-                url = postgres_url or stack.enter_context(local_postgres())
-            t0 = time.time()
-            figures = _chaos_one(url, name, surrogate_dir, workers, n_kills, trials, sleep, rng, work, log)
-            figures["seconds"] = round(time.time() - t0, 1)
-            report["storages"][name] = figures
-    if corpus:
-        from optuna_quicktune.malformed import run_corpus
+    with contextlib.ExitStack() as scratch:
+        if work is None:
+            work = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="quicktune-faults-")))
+        elif work.exists() and any(work.iterdir()):
+            raise ValueError(f"{work} is not empty: the kill loop would reuse its storages; give a new or empty folder.")
+        work.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        surrogate_dir = _train_surrogate(work / "surrogate", seed)
+        per_storage = [kills // len(storages) + (1 if i < kills % len(storages) else 0) for i in range(len(storages))]
+        report: dict[str, Any] = {"workers": workers, "kills": kills, "seed": seed, "storages": {}}
+        for name, n_kills in zip(storages, per_storage):
+            with contextlib.ExitStack() as stack:
+                if name == "sqlite":
+                    url = f"sqlite:///{work / 'chaos.db'}"
+                elif name == "journal":
+                    url = f"journal:{work / 'chaos.log'}"
+                else:
+                    url = postgres_url or stack.enter_context(local_postgres())
+                t0 = time.time()
+                figures = _chaos_one(url, name, surrogate_dir, workers, n_kills, trials, sleep, rng, work, log)
+                figures["seconds"] = round(time.time() - t0, 1)
+                report["storages"][name] = figures
+        if corpus:
+            from optuna_quicktune.malformed import run_corpus
 
-        report["corpus"] = run_corpus(surrogate_dir, work / "corpus")
-    return report
+            report["corpus"] = run_corpus(surrogate_dir, work / "corpus")
+        return report
 
 
 def _train_surrogate(out: Path, seed: int) -> Path:

@@ -45,6 +45,6 @@ def test_returned_test_scores_match_the_stored_runs(tmp_path):
     matched = returned_runs(out, url)[task]
     assert "zero-shot" not in matched and matched["oracle"][0].number == oracle_runs[0].number
     assert matched["default"][0].params == default.params
-    configs = returned_configs(str(out), url, task, ["oracle"])
+    configs = returned_configs(matched, ["oracle"])
     assert configs[next(label for label in configs if label.startswith("default"))] == DEFAULT_LORA_CONFIG
     assert [params for label, params in configs.items() if "oracle x1" in label] == [oracle_runs[0].params]

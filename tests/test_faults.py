@@ -31,6 +31,12 @@ def test_sigkilled_workers_lose_nothing():
         assert r["finished"] >= 2, (name, r)
 
 
+def test_a_kept_folder_must_be_new_or_empty(tmp_path):
+    (tmp_path / "chaos.db").write_text("an earlier run")
+    with pytest.raises(ValueError, match="not empty"):
+        run_chaos(["sqlite"], kills=0, trials=1, corpus=False, log=False, work=tmp_path)
+
+
 @pytest.mark.timeout(900)
 def test_malformed_inputs_end_in_clear_errors_or_skips(surrogate_dir, tmp_path):
     from optuna_quicktune.malformed import run_corpus

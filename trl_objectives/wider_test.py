@@ -128,20 +128,16 @@ def rescore_task(
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
-def returned_configs(
-    results: str, storage: str, study_name: str, methods: Sequence[str], matched: Mapping[str, Any] | None = None,
-) -> dict[str, dict[str, Any]]:
+def returned_configs(runs: Mapping[str, Sequence[Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``{label: params}``: the default configuration and each distinct configuration ``methods`` returned.
 
-    ``matched``: :func:`~trl_objectives.bench_scores.returned_runs` of ``results`` when the caller has it.
+    ``runs``: one study's entry of :func:`~trl_objectives.bench_scores.returned_runs` (method -> runs per seed).
     """
     from optuna_quicktune.space import DEFAULT_LORA_CONFIG, lora_space
-    from trl_objectives.bench_scores import returned_runs
 
     space = lora_space()
     labels: dict[str, list[str]] = {space.config_id(DEFAULT_LORA_CONFIG): ["default"]}
     params: dict[str, dict[str, Any]] = {space.config_id(DEFAULT_LORA_CONFIG): dict(DEFAULT_LORA_CONFIG)}
-    runs = (returned_runs(results, storage) if matched is None else matched).get(study_name, {})
     for method in methods:
         for seed, run in enumerate(runs.get(method, [])):
             cid = space.config_id(run.params)
@@ -198,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         study = [n for n in names if n.split("/")[0] == task]
         if len(study) != 1:
             raise SystemExit(f"{args.storage} has {len(study)} studies of task {task!r} (need exactly one).")
-        configs = returned_configs(args.results, args.storage, study[0], args.methods.split(","), matched)
+        configs = returned_configs(matched.get(study[0], {}), args.methods.split(","))
         result = rescore_task(args.storage, study[0], configs, extra=args.extra, extra_seed=args.extra_seed,
                               num_threads=args.threads, model=args.model)
         results.append(result)
