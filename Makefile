@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml
 	case ",$(EXTRAS)," in *,trl,*) $(PIP) install --quiet --no-deps -c $(VENV)/constraints.txt "fanoutqa>=1.1";; esac
 	@touch $@
 
+# The tests run in parallel, one worker per core (at most 4), a test file per worker: the slow tests
+# are subprocesses and training runs that leave a core idle, and a file's tests share its fixtures.
+PYTEST_PAR ?= -n auto --maxprocesses 4 --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_PAR) tests
 
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_PAR) tests -m "not slow"
 
 perf: setup
 	$(PY) -m optuna_quicktune.cli perf
