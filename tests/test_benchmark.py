@@ -254,13 +254,13 @@ def test_storage_scenario_reads_zero_shot_scores(tmp_path):
 
 def test_quicktune_run_key_follows_the_library_defaults(sim_scenario, monkeypatch):
     # --resume must not reuse QuickTune records made under other sampler/pruner defaults.
-    from optuna_quicktune.benchmark.runner import _run_key
+    from optuna_quicktune.benchmark.settings import run_key
     from optuna_quicktune.pruner import QuickTunePruner
 
     cfg = BenchConfig(methods=["quicktune", "random"], seeds=[0])
-    before = {m: _run_key(sim_scenario, cfg, m) for m in ("quicktune", "quicktune-refit", "random")}
+    before = {m: run_key(sim_scenario, cfg, m) for m in ("quicktune", "quicktune-refit", "random")}
     monkeypatch.setitem(QuickTunePruner.__init__.__kwdefaults__, "keep_leader", False)
-    after = {m: _run_key(sim_scenario, cfg, m) for m in ("quicktune", "quicktune-refit", "random")}
+    after = {m: run_key(sim_scenario, cfg, m) for m in ("quicktune", "quicktune-refit", "random")}
     assert after["quicktune"] != before["quicktune"] and after["quicktune-refit"] != before["quicktune-refit"]
     assert after["random"] == before["random"]
 

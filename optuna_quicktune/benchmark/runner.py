@@ -10,12 +10,12 @@ For each test task ``t`` of a scenario:
    budget: ``budget_factor`` x the median cost of one full run;
 3. every method runs once per seed on a fresh :class:`~.replay.Session`.
 
-Work is spread over ``jobs`` processes (one torch/onnxruntime thread each).
+Work is spread over ``jobs`` processes (one torch/onnxruntime thread each). What a run is asked to
+do and the keys that decide which cached results it may reuse are in :mod:`.settings`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -23,17 +23,18 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from optuna_quicktune.benchmark.methods import DEFAULT_METHODS, METHODS, PORTFOLIO_METHODS, MethodContext, run_method
+from optuna_quicktune.benchmark.methods import PORTFOLIO_METHODS, MethodContext, run_method
 from optuna_quicktune.benchmark.replay import Session
 from optuna_quicktune.benchmark.report import Reference, summarise_run
 from optuna_quicktune.benchmark.scenarios import Scenario, TableScenario
+from optuna_quicktune.benchmark.settings import REFERENCE_SEEDING, BenchConfig, content_hash, meta_settings, run_key
 from optuna_quicktune.benchmark.yahpo import YahpoScenario
 from optuna_quicktune.metadataset import MetaDataset
 from optuna_quicktune.portfolio import PortfolioTable
@@ -43,121 +44,12 @@ __all__ = ["BenchConfig", "run_benchmark", "prepare_references", "meta_table"]
 _logger = logging.getLogger(__name__)
 
 
-@dataclass
-class BenchConfig:
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    tasks: list[str] | None = None  # test tasks (default: all); meta-training always uses the others
-    budget_factor: float = 20.0  # budget = factor x median cost of one full run of the task
-    n_meta_configs: int = 128  # configurations per meta-training task (full curves)
-    table_seed: int = 0
-    meta_steps: int = 400  # fixed, so that the surrogate does not depend on the machine's speed
-    meta_time_limit: float | None = None  # seconds per fold (a safety net; None: steps only)
-    meta_seed: int = 0
-    n_reference: int = 20000  # random configurations of the normalisation set (YAHPO)
-    reference_seed: int = 12345
-    portfolio_size: int = 64
-    top_k_first: int = 32
-    max_trials: int = 5000
-    jobs: int = 2
-    quicktune_kwargs: dict[str, Any] = field(default_factory=dict)
-    pruner_kwargs: dict[str, Any] = field(default_factory=dict)  # QuickTunePruner arguments
-    meta_kwargs: dict[str, Any] = field(default_factory=dict)  # meta_train arguments (the folds' surrogates)
-    progress: bool = True
-    audit: bool = False  # keep a ledger of every charge in each run's record (for tests)
-    resume: bool = False  # keep the runs already in <out>/runs.jsonl (same settings), run the rest
-
-    def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"Unknown methods {unknown}; choose from {sorted(METHODS)}.")
-        if not self.seeds:
-            raise ValueError("Give at least one seed (--seeds N runs seeds 0..N-1; --seeds 3,7 runs those two).")
-        if self.budget_factor <= 0:
-            raise ValueError("budget_factor must be > 0.")
-        if self.jobs < 1:
-            raise ValueError("jobs must be >= 1.")
-        # Checked here, not in each run: an unknown argument would otherwise fail every QuickTune
-        # run one by one, and the report would rank methods that never ran.
-        from optuna_quicktune.pruner import QuickTunePruner
-        from optuna_quicktune.sampler import QuickTuneSampler
-
-        for cls, given, option, fixed in (
-            (QuickTuneSampler, self.quicktune_kwargs, "quicktune_kwargs (--quicktune-kwargs)", _SAMPLER_SET_BY_BENCH),
-            (QuickTunePruner, self.pruner_kwargs, "pruner_kwargs (--pruner-kwargs)", {"sampler"}),
-        ):
-            allowed = set(_init_defaults(cls)) - fixed
-            bad = sorted(set(given) - allowed)
-            if bad:
-                raise ValueError(f"{option}: {cls.__name__} has no argument(s) {bad} that the benchmark lets you set; "
-                                 f"choose from {sorted(allowed)}.")
-        allowed = set(_meta_train_defaults()) - _META_SET_BY_BENCH
-        bad = sorted(set(self.meta_kwargs) - allowed)
-        if bad:
-            raise ValueError(f"meta_kwargs (--meta-kwargs): meta_train has no argument(s) {bad} that the benchmark lets "
-                             f"you set; choose from {sorted(allowed)}.")
-
-
-#: QuickTuneSampler arguments the benchmark sets itself (the fold's surrogate, the task, the seed).
-_SAMPLER_SET_BY_BENCH = {"surrogate", "metafeatures", "fidelity_max", "seed", "refit"}
-
-
-#: meta_train arguments the benchmark sets itself (--meta-steps, --meta-seed, --meta-time-limit).
-_META_SET_BY_BENCH = {"steps", "seed", "time_limit", "progress"}
-
-
-def _meta_train_defaults() -> dict[str, Any]:
-    from optuna_quicktune.surrogate import meta_train
-
-    return _defaults(meta_train)
-
-
-def _meta_settings(cfg: "BenchConfig") -> list[Any]:
-    """The fold surrogates' meta-training settings beyond steps, seed and time limit, for cache keys.
-
-    Empty for the models every cache before stop 16 was made with (constant noise and mean), so
-    those caches stay valid; any other setting, given or a changed default, makes a new key.
-    """
-    defaults = _meta_train_defaults()
-    models = {k: cfg.meta_kwargs.get(k, defaults.get(k, "constant")) for k in ("noise", "mean")}
-    if cfg.meta_kwargs.get("residual", defaults.get("residual", False)):
-        models["residual"] = True  # stop 17; absent when off, so stop-16 keys stay as they were
-    calibration = cfg.meta_kwargs.get("calibration", defaults.get("calibration", "global"))
-    if calibration != "global":
-        models["calibration"] = calibration  # stop 23; absent when global, so earlier keys stay as they were
-    rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models and k not in ("residual", "calibration")}
-    if set(models.values()) == {"constant"} and not rest:
-        return []
-    return [dict(rest, **models)]
-
-
-def _init_defaults(cls: type) -> dict[str, Any]:
-    """The keyword arguments of ``cls.__init__`` that have defaults, with them."""
-    return _defaults(cls.__init__)
-
-
-def _defaults(fn: Any) -> dict[str, Any]:
-    import inspect
-
-    params = inspect.signature(fn).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 # ---------------------------------------------------------------------- preparation
-#: How reference sets are seeded; part of the cache and run keys, so that records and references made
-#: when the seed followed a task's place in the *selected* tasks are not reused.
-REFERENCE_SEEDING = "scenario-task-index"
-
-
 def meta_table(scenario: Scenario, cfg: BenchConfig, cache: Path | None) -> MetaDataset:
     """Every task's meta-training table (cached as CSV)."""
     path = None
     if cache is not None:
-        path = cache / f"table-{_hash(scenario.fingerprint(), cfg.n_meta_configs, cfg.table_seed)}.csv"
+        path = cache / f"table-{content_hash(scenario.fingerprint(), cfg.n_meta_configs, cfg.table_seed)}.csv"
         if path.exists():
             return MetaDataset.from_csv(path, scenario.space)
     md = scenario.table(cfg.n_meta_configs, cfg.table_seed)
@@ -176,8 +68,8 @@ def prepare_references(scenario: Scenario, cfg: BenchConfig, tasks: Sequence[str
     budget than the 24-task run). Runs over the whole list are unchanged.
     """
     path = None
-    key = _hash(scenario.fingerprint(), cfg.n_reference, cfg.reference_seed, cfg.budget_factor, list(tasks),
-                REFERENCE_SEEDING)
+    key = content_hash(scenario.fingerprint(), cfg.n_reference, cfg.reference_seed, cfg.budget_factor, list(tasks),
+                       REFERENCE_SEEDING)
     if cache is not None:
         path = cache / f"reference-{key}.json"
         if path.exists():
@@ -223,7 +115,7 @@ def portfolio_table(md: MetaDataset) -> PortfolioTable:
 
 
 def _surrogate_dir(cache: Path, scenario: Scenario, cfg: BenchConfig, task: str, md_key: str) -> Path:
-    key = _hash(md_key, task, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, *_meta_settings(cfg))
+    key = content_hash(md_key, task, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, *meta_settings(cfg))
     return cache / "surrogates" / f"{task}-{key}"
 
 
@@ -311,37 +203,6 @@ def _run_unit(unit: tuple[str, int, str]) -> dict[str, Any]:
     return record
 
 
-def _quicktune_defaults() -> dict[str, Any]:
-    """The package version and the sampler's and pruner's default arguments.
-
-    Part of QuickTune's run key, so that ``--resume`` does not reuse records made before a default
-    changed (e.g. ``QuickTunePruner(keep_leader=...)``) as if the current code had made them.
-    """
-    from optuna_quicktune import __version__
-    from optuna_quicktune.pruner import QuickTunePruner
-    from optuna_quicktune.sampler import QuickTuneSampler
-
-    out: dict[str, Any] = {"version": __version__}
-    for cls in (QuickTuneSampler, QuickTunePruner):
-        out[cls.__name__] = {k: repr(v) for k, v in _init_defaults(cls).items()}
-    return out
-
-
-def _run_key(scenario: Scenario, cfg: BenchConfig, method: str) -> str:
-    """What a method's recorded runs depend on: the scenario, the budget and its own settings."""
-    common = [scenario.fingerprint(), scenario.default_config, cfg.budget_factor, cfg.n_reference,
-              cfg.reference_seed, REFERENCE_SEEDING, cfg.max_trials, cfg.audit]
-    own: list[Any] = []
-    if method.startswith("quicktune"):
-        own = [cfg.n_meta_configs, cfg.table_seed, cfg.meta_steps, cfg.meta_time_limit, cfg.meta_seed, cfg.quicktune_kwargs,
-               cfg.pruner_kwargs, _quicktune_defaults(), *_meta_settings(cfg)]
-    elif method in PORTFOLIO_METHODS:
-        own = [cfg.n_meta_configs, cfg.table_seed, cfg.portfolio_size]
-    elif method == "top-k-1step":
-        own = [cfg.top_k_first]
-    return _hash(method, common, own)
-
-
 # ---------------------------------------------------------------------- entry point
 def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``results.md`` and PNG plots into ``out``."""
@@ -381,7 +242,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     fold_seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if any(m.startswith("quicktune") for m in cfg.methods):
-        md_key = _hash(scenario.fingerprint(), cfg.n_meta_configs, cfg.table_seed)
+        md_key = content_hash(scenario.fingerprint(), cfg.n_meta_configs, cfg.table_seed)
         todo = []
         for task in tasks:
             d = _surrogate_dir(cache, scenario, cfg, task, md_key)
@@ -396,7 +257,7 @@ def run_benchmark(scenario: Scenario, cfg: BenchConfig, out: str | Path) -> dict
     units = [(t, s, m) for t in tasks for s in cfg.seeds for m in cfg.methods]
     # Every finished run is appended to runs.jsonl at once; with ``resume`` the runs recorded
     # there under the same settings are kept and only the missing ones run.
-    keys = {m: _run_key(scenario, cfg, m) for m in cfg.methods}
+    keys = {m: run_key(scenario, cfg, m) for m in cfg.methods}
     runs_path = out / "runs.jsonl"
     done: dict[tuple[str, int, str], dict[str, Any]] = {}
     if cfg.resume and runs_path.exists():
