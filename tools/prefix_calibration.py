@@ -38,7 +38,7 @@ def main() -> None:
 
     from lcbench_fold import lcbench_fold
 
-    from optuna_quicktune.surrogate.training import TrainingTuples
+    from optuna_quicktune.surrogate.tuples import TrainingTuples
 
     md, held, sur = lcbench_fold(a.lcbench, a.out, a.task, a.steps, noise=a.noise, mean=a.mean)
     arrays = md.arrays()

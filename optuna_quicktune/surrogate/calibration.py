@@ -31,7 +31,7 @@ from optuna_quicktune.surrogate.preprocessing import Batch
 
 if TYPE_CHECKING:  # the model imports this module (row_scales), so these names are for type checkers only
     from optuna_quicktune.surrogate.model import PerformanceSurrogate
-    from optuna_quicktune.surrogate.training import TrainingTuples
+    from optuna_quicktune.surrogate.tuples import TrainingTuples
 
 __all__ = ["CALIBRATIONS", "EDGES", "Z90", "MIN_ROWS", "calibrate", "prefix_bins", "fit_scales", "row_scales"]
 

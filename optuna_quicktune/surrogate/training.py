@@ -34,71 +34,12 @@ from optuna_quicktune.surrogate.calibration import CALIBRATIONS, calibrate
 from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, single_thread
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
 from optuna_quicktune.surrogate.residual import estimate_residual, validation_rows
+from optuna_quicktune.surrogate.tuples import TrainingTuples
+from optuna_quicktune.surrogate.validation import estimate_task_effect, validation_nll, validation_report
 
 __all__ = ["meta_train", "fine_tune", "TrainingTuples"]
 
 _logger = logging.getLogger(__name__)
-
-
-class TrainingTuples:
-    """Draws training tuples from the dense arrays of a MetaDataset."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], prep: Preprocessing) -> None:
-        self.prep = prep
-        self.X = arrays["X"]
-        sign = arrays["sign"][arrays["task"]][:, None]
-        self.Z = prep.z(arrays["Y"], sign)  # NaN beyond each run's end
-        self.lengths = np.isfinite(self.Z).cumprod(axis=1).sum(axis=1).astype(np.int64)
-        self.task = arrays["task"]
-        self.fmax = arrays["fidelity_max"].astype(np.float64)
-        self.mf_u = np.stack([prep.metafeatures(m) for m in arrays["M"]]) if arrays["M"].shape[1] else np.zeros((len(arrays["M"]), 0))
-        C = arrays["C"]
-        self.logc = np.where(np.isfinite(C) & (C > 0), prep.log_cost(np.where(C > 0, C, 1.0)), np.nan)
-        self.runs_by_task = {
-            int(t): np.flatnonzero((self.task == t) & (self.lengths > 0)) for t in np.unique(self.task)
-        }
-        self.tasks = [t for t, r in self.runs_by_task.items() if len(r)]
-
-    def sample(self, tasks: Sequence[int], n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
-        """``n`` tuples from runs of ``tasks`` (uniform over tasks, then runs)."""
-        chosen_tasks = rng.choice(np.asarray(tasks), size=n)
-        runs = np.array([rng.choice(self.runs_by_task[int(t)]) for t in chosen_tasks])
-        L = self.lengths[runs]
-        final = rng.random(n) < 0.3
-        s = np.where(final, L, rng.integers(1, L + 1))  # target step, 1-based
-        fresh = rng.random(n) < 0.4
-        p = np.where(fresh, 0, np.floor(rng.random(n) * s).astype(np.int64))  # prefix length < s
-        return self._build(runs, s, p), self.Z[runs, s - 1]
-
-    def _build(self, runs: np.ndarray, s: np.ndarray, p: np.ndarray) -> Batch:
-        t = self.task[runs]
-        return Batch.build(
-            self.X[runs], self.Z[runs], p, s.astype(np.float64), self.fmax[t], self.mf_u[t], self.prep.max_fidelity
-        )
-
-    def sample_cost(self, tasks: Sequence[int], n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray] | None:
-        mask = np.isin(self.task, np.asarray(tasks))[:, None] & np.isfinite(self.logc)
-        idx = np.argwhere(mask)
-        if len(idx) == 0:
-            return None
-        pick = idx[rng.integers(0, len(idx), size=n)]
-        runs, s = pick[:, 0], pick[:, 1] + 1
-        return self._build(runs, s, np.zeros(n, dtype=np.int64)), self.logc[runs, s - 1]
-
-    def fresh_rows(self, task: int, n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
-        """Up to ``n`` runs of ``task`` with no prefix, half at their last step, half at a random one."""
-        runs = self.runs_by_task[task]
-        if len(runs) > n:
-            runs = np.sort(rng.choice(runs, size=n, replace=False))
-        L = self.lengths[runs]
-        s = np.where(rng.random(len(runs)) < 0.5, L, rng.integers(1, L + 1))
-        return self._build(runs, s, np.zeros(len(runs), dtype=np.int64)), self.Z[runs, s - 1]
-
-    def all_finals(self, task: int) -> tuple[Batch, np.ndarray]:
-        """Zero-shot queries of a task: every run at its last step with no prefix."""
-        runs = self.runs_by_task[task]
-        s = self.lengths[runs]
-        return self._build(runs, s, np.zeros(len(runs), dtype=np.int64)), self.Z[runs, s - 1]
 
 
 @dataclass
@@ -238,7 +179,7 @@ def meta_train(
         if step % eval_every == 0 or step == steps:
             metrics = {"step": step, "train_nll": float(loss.item())}
             if val_sets:
-                metrics["val_nll"] = _val_nll(perf, val_sets)
+                metrics["val_nll"] = validation_nll(perf, val_sets)
                 history.append(metrics)
                 if metrics["val_nll"] < best[0] - 1e-4:
                     best = (metrics["val_nll"], _state(perf), step)
@@ -279,10 +220,10 @@ def meta_train(
     if split.val:
         ctx_b, ctx_y = data.sample(split.train, context_size, np.random.default_rng(seed + 2))
         perf.set_context(ctx_b, ctx_y)
-        perf.task_effect = _task_effect(perf, data, split.val) if task_effect else 0.0
+        perf.task_effect = estimate_task_effect(perf, data, split.val) if task_effect else 0.0
         perf.invalidate()
         calibrate(perf, data, split.val, seed, per_bin=calibration == "prefix")
-        info["validation"] = _validation_report(perf, data, split.val)
+        info["validation"] = validation_report(perf, data, split.val)
         if residual:
             fit = estimate_residual(perf, validation_rows(data, split.val, seed + 5))
             perf.set_residual(fit.share, fit.inv_scale(data.X.shape[1]))
@@ -366,61 +307,6 @@ def _pad_to(arrays: dict[str, np.ndarray], F: int) -> dict[str, np.ndarray]:
         if a.shape[1] < F:
             out[k] = np.concatenate([a, np.full((a.shape[0], F - a.shape[1]), np.nan)], axis=1)
     return out
-
-
-def _val_nll(perf: PerformanceSurrogate, val_sets: list[Any]) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for (cb, cy), (qb, qy) in val_sets:
-            post = perf.gp.condition(perf.embed(cb), torch.as_tensor(cy, dtype=torch.float64))
-            mean, var = post.predict(perf.embed(qb))
-            y = torch.as_tensor(qy, dtype=torch.float64)
-            total += float((0.5 * torch.log(2 * math.pi * var) + 0.5 * (y - mean) ** 2 / var).mean())
-    return total / len(val_sets)
-
-
-def _task_effect(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int]) -> float:
-    """Variance of a held-out task's offset from the zero-shot predictions (method of moments).
-
-    Each validation task's final scores are predicted zero-shot from the training tasks' context;
-    the spread of the per-task mean residuals, less what their within-task noise explains, is the
-    variance of the offset a new task's level has. 0 with fewer than two validation tasks.
-    """
-    perf.task_effect = 0.0
-    perf.invalidate()
-    means, noise = [], []
-    for t in val:
-        qb, qy = data.all_finals(t)
-        if len(qy) < 2:
-            continue
-        with torch.no_grad():
-            m, _ = perf.posterior().predict(perf.embed(qb))
-        r = np.asarray(qy, dtype=np.float64) - m.numpy()
-        means.append(float(r.mean()))
-        noise.append(float(r.var(ddof=1)) / len(r))
-    if len(means) < 2:
-        return 0.0
-    return float(max(0.0, np.var(means, ddof=1) - np.mean(noise)))
-
-
-def _validation_report(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int]) -> dict[str, float]:
-    from scipy.stats import spearmanr
-
-    rhos, covered, n = [], 0, 0
-    for t in val:
-        qb, qy = data.all_finals(t)
-        m, s = perf.predict_z(qb)
-        if len(qy) > 2:
-            rhos.append(float(spearmanr(m, qy).statistic))
-        covered += int(np.sum(np.abs(qy - m) <= 1.6449 * s))
-        n += len(qy)
-    return {
-        "spearman_final_zero_shot": float(np.nanmean(rhos)) if rhos else float("nan"),
-        "coverage90_final": covered / max(n, 1),
-        "std_scale": perf.std_scale,
-        "std_scales": list(perf.std_scales),
-        "task_effect": perf.task_effect,
-    }
 
 
 def _state(perf: PerformanceSurrogate) -> dict[str, dict[str, torch.Tensor]]:
