@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         b = sub.add_parser("bench", help=f"Replay benchmark (needs optuna-quicktune[bench]: {e}).")
         b.set_defaults(func=lambda args, err=e: _missing(err))
     try:
-        from trl_objectives.collect import add_collect_parser
+        from trl_objectives.collect_cli import add_collect_parser
 
         add_collect_parser(sub)
     except ImportError as e:  # pragma: no cover - needs the [trl] extra
