@@ -13,8 +13,6 @@ predicted final score, with no run of the task seen; it compares that ranking wi
 * **center** (``--targets copula,center``): the same, with each task's scores only shifted by their
   task's mean (the level removed, the scale and shape kept), to tell how much of the copula's
   effect is the level alone;
-* **task-level** (``--targets task-level``): the scores as they are, meta-trained with
-  ``meta_train(task_level=True)`` (each task's points share an offset in the likelihood);
 * **mean rank**: no model, each configuration's mean within-task rank on the other tasks (only when
   every task holds the same configurations, as the bench's meta-tables do).
 
@@ -83,14 +81,7 @@ def centred_targets(md: Any) -> Any:
     return MetaDataset(md.space, md.tasks, runs)
 
 
-def same_targets(md: Any) -> Any:
-    """``md`` as it is (the ``task-level`` variant changes the model, not the targets)."""
-    return md
-
-
-TARGETS = {"copula": copula_targets, "center": centred_targets, "task-level": same_targets}
-#: meta_train arguments a variant adds to the fold's own.
-VARIANT_KWARGS: dict[str, dict[str, Any]] = {"task-level": {"task_level": True}}
+TARGETS = {"copula": copula_targets, "center": centred_targets}
 
 
 def _scores(y: np.ndarray, ranking_score: np.ndarray) -> dict[str, float]:
@@ -144,8 +135,7 @@ def ranking(out: Path, tasks: list[str] | None, meta_kwargs: dict[str, Any] | No
         others = [i for i in range(len(md.tasks)) if i != ti]
         rec: dict[str, Any] = {"task": name}
         surrogates = [("default", lambda: load(str(folds[0])))] + [
-            (t, lambda t=t: meta_train(transformed[t].select_tasks(others), steps=steps, seed=seed,
-                                       **{**kwargs, **VARIANT_KWARGS.get(t, {})})) for t in targets]
+            (t, lambda t=t: meta_train(transformed[t].select_tasks(others), steps=steps, seed=seed, **kwargs)) for t in targets]
         for label, make in surrogates:
             m, _ = make().predict(X, None, L, fidelity_max=L, metafeatures=mf, sign=task.sign)
             rec[label] = _scores(y, task.sign * m)

@@ -25,14 +25,6 @@ prediction for the task by the posterior of ``b``: a task on which the meta-lear
 by a constant is corrected after a few runs, however far apart the configurations are.
 The context rows are ``Z[:n_ctx]``; every row added by :meth:`Posterior.extended` is a target row.
 
-Task level (``ExactGP(task_level=True)``, opt-in): in meta-training, the points of one task share
-an offset ``b_t ~ N(0, task_var)``, ``k'(u, v) = k(u, v) + task_var`` for two points of one task,
-and the context posterior keeps each context point's task. Why: scores normalised once over all
-tasks differ in level from task to task, and a kernel that must explain those levels through the
-meta-features ranks a new task's configurations worse than the other tasks' mean rank
-(docs/benchmarks.md, stop 26). A new task's rows then share an offset of the same variance (the
-task effect above, ``tau2 = task_var``), which the study's own runs pin down.
-
 Observation noise: constant (``noise``) by default. A *heteroscedastic* GP (``ExactGP(hetero=True)``)
 reads each point's noise from its own embedding: the last column ``h`` of an embedding is a
 log-offset, ``noise(z) = softplus(raw_noise + h)``, and only the other columns enter the kernel.
@@ -86,7 +78,7 @@ _UIDS = itertools.count()
 class ExactGP(nn.Module):
     """Constant mean, scaled RBF/Matérn 5/2 kernel and Gaussian noise (per point if ``hetero``)."""
 
-    def __init__(self, kernel: str = "rbf", hetero: bool = False, mean_offset: bool = False, task_level: bool = False) -> None:
+    def __init__(self, kernel: str = "rbf", hetero: bool = False, mean_offset: bool = False) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}.")
@@ -98,12 +90,6 @@ class ExactGP(nn.Module):
         self.raw_outputscale = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus -> 1
         self.raw_lengthscale = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
         self.raw_noise = nn.Parameter(torch.tensor(-2.0))  # softplus -> ~0.13
-        # Task level (see the module notes): each meta-training task's points share an offset of
-        # learned variance, so the kernel need not explain a task's level. Only when asked, so the
-        # parameters (and saved files) of the model without it are unchanged.
-        self.task_level = bool(task_level)
-        if self.task_level:
-            self.raw_task_var = nn.Parameter(torch.tensor(-2.0))
         # Residual correlation (see the module notes): not gradient-trained, set after meta-training.
         self.lead = 0  # leading embedding columns (raw configuration, budget fraction); 0: none
         self.resid_share = 0.0
@@ -137,26 +123,6 @@ class ExactGP(nn.Module):
     def lengthscale(self) -> torch.Tensor:
         return nn.functional.softplus(self.raw_lengthscale) + 1e-4
 
-    def init_task_var(self, value: float) -> None:
-        """Start the task level's variance at ``value`` (meta-training: the spread of its tasks' levels)."""
-        v = max(float(value), 1e-4)
-        with torch.no_grad():
-            self.raw_task_var.fill_(v + math.log(-math.expm1(-v)))  # softplus^-1
-
-    @property
-    def task_var(self) -> torch.Tensor:
-        """The variance of a task's offset (0 without ``task_level``)."""
-        if not self.task_level:
-            return torch.zeros((), dtype=torch.float64)
-        return nn.functional.softplus(self.raw_task_var) + 1e-6
-
-    def task_matrix(self, groups: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | float:
-        """``task_var * [g_i == g_j]``: what the points of one task share (0 without groups or the level)."""
-        if groups is None or not self.task_level:
-            return 0.0
-        g = torch.as_tensor(groups)
-        return self.task_var.to(dtype) * (g[:, None] == g[None, :]).to(dtype)
-
     @property
     def noise(self) -> torch.Tensor:
         return nn.functional.softplus(self.raw_noise) + 1e-4
@@ -184,8 +150,8 @@ class ExactGP(nn.Module):
             corr = (1.0 + d + d.pow(2) / 3.0) * torch.exp(-d)
         return self.outputscale * corr
 
-    def _chol(self, Z: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-        K = self.covariance(Z, Z) + self.task_matrix(groups, Z.dtype)
+    def _chol(self, Z: torch.Tensor) -> torch.Tensor:
+        K = self.covariance(Z, Z)
         return torch.linalg.cholesky(K + self.noise_matrix(Z))
 
     def noise_matrix(self, Z: torch.Tensor, target: bool = False) -> torch.Tensor:
@@ -199,22 +165,18 @@ class ExactGP(nn.Module):
             return (keep * self.noise + _JITTER) * torch.eye(Z.shape[0], dtype=Z.dtype)
         return torch.diag(keep * self.point_noise(Z).to(Z.dtype) + _JITTER)
 
-    def marginal_log_likelihood(self, Z: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(y | Z) per point (so that losses of different batch sizes compare).
-
-        ``groups``: each point's task, when the model has a task level (points of one task share it).
-        """
-        L = self._chol(Z, groups)
+    def marginal_log_likelihood(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | Z) per point (so that losses of different batch sizes compare)."""
+        L = self._chol(Z)
         r = (y - self.point_mean(Z)).unsqueeze(-1)
         a = torch.cholesky_solve(r, L)
         n = y.shape[0]
         mll = -0.5 * (r * a).sum() - torch.log(torch.diagonal(L)).sum() - 0.5 * n * math.log(2 * math.pi)
         return mll / n
 
-    def condition(self, Z: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None = None) -> "Posterior":
-        """The posterior given the context ``(Z, y)``; ``groups``: the context points' tasks (task level)."""
+    def condition(self, Z: torch.Tensor, y: torch.Tensor) -> "Posterior":
         with torch.no_grad():
-            L = self._chol(Z, groups)
+            L = self._chol(Z)
             alpha = torch.cholesky_solve((y - self.point_mean(Z)).unsqueeze(-1), L).squeeze(-1)
             eye = torch.eye(Z.shape[0], dtype=Z.dtype)
             K_inv = torch.cholesky_solve(eye, L)

@@ -63,21 +63,17 @@ class PerformanceSurrogate:
 
     def __init__(
         self, dim_x: int, max_fidelity: int, dim_mf: int, *, hidden: int = 64, embedding: int = 16, kernel: str = "rbf",
-        noise: str = "constant", mean: str = "constant", task_level: bool = False,
+        noise: str = "constant", mean: str = "constant",
     ) -> None:
-        # Surrogates saved before these models existed have no "noise"/"mean"/"task_level" hparam:
-        # constant, constant, none.
+        # Surrogates saved before these models existed have no "noise"/"mean" hparam: constant.
         self.hparams = {
             "dim_x": dim_x, "max_fidelity": max_fidelity, "dim_mf": dim_mf,
             "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
         }
-        if task_level:  # only then, so that the saved hparams of the model without it are unchanged
-            self.hparams["task_level"] = True
         self.net = FeatureExtractor(dim_x, max_fidelity, dim_mf, hidden, embedding, noise, mean)
-        self.gp = ExactGP(kernel, hetero=noise == "prefix", mean_offset=mean == "last", task_level=task_level)
+        self.gp = ExactGP(kernel, hetero=noise == "prefix", mean_offset=mean == "last")
         self.context: Batch | None = None
         self.context_y: torch.Tensor | None = None
-        self.context_groups: torch.Tensor | None = None  # the context points' tasks (task level only)
         self.n_context = 0
         self.std_scale = 1.0
         # Per-bin std factors by how much of the target budget a row's prefix covers (see
@@ -114,16 +110,13 @@ class PerformanceSurrogate:
         self.gp.set_residual(share, inv)
         self.invalidate()
 
-    def loss(self, b: Batch, y: torch.Tensor, groups: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
-        """Negative exact marginal log-likelihood (per point) of the batch (``groups``: each point's task)."""
-        g = None if groups is None else torch.as_tensor(groups)
-        return -self.gp.marginal_log_likelihood(self.embed(b), y.double(), g)
+    def loss(self, b: Batch, y: torch.Tensor) -> torch.Tensor:
+        """Negative exact marginal log-likelihood (per point) of the batch."""
+        return -self.gp.marginal_log_likelihood(self.embed(b), y.double())
 
-    def set_context(self, b: Batch, y: np.ndarray | torch.Tensor, groups: np.ndarray | torch.Tensor | None = None) -> None:
-        """The meta-training points every prediction conditions on; ``groups``: their tasks (task level)."""
+    def set_context(self, b: Batch, y: np.ndarray | torch.Tensor) -> None:
         self.context = b
         self.context_y = torch.as_tensor(y, dtype=torch.float64)
-        self.context_groups = None if groups is None else torch.as_tensor(groups, dtype=torch.int64)
         self.n_context = len(b)  # rows after these (a view's study rows) are the target task's
         self._posterior = None
         self.queries.clear()
@@ -134,8 +127,7 @@ class PerformanceSurrogate:
         if self._posterior is None:
             n = self.n_context
             with torch.no_grad():
-                groups = None if self.context_groups is None else self.context_groups[:n]
-                post = self.gp.condition(self.embed(self.context.select(slice(0, n))), self.context_y[:n], groups)
+                post = self.gp.condition(self.embed(self.context.select(slice(0, n))), self.context_y[:n])
                 if self.task_effect > 0:
                     post = post.with_task_effect(self.task_effect)
                 if len(self.context) > n:  # a view's study rows, rebuilt after invalidate()

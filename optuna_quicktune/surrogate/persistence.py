@@ -40,8 +40,6 @@ def save(s: QuickTuneSurrogate, directory: str | Path) -> Path:
         for f in _CONTEXT_FIELDS:
             tensors[f"context.{f}"] = getattr(perf.context, f).contiguous().clone()
         tensors["context.y"] = perf.context_y.contiguous().clone()
-        if perf.context_groups is not None:  # task level only: which context points share a task
-            tensors["context.groups"] = perf.context_groups.contiguous().clone()
     tensors["meta_configs"] = torch.as_tensor(s.meta_configs, dtype=torch.float32).contiguous()
     if s.portfolio is not None:
         tensors.update(portfolio_tensors(s.portfolio))
@@ -127,11 +125,7 @@ def load(directory: str | Path) -> QuickTuneSurrogate:
     _load_module(cost.net, tensors, "cost.net.", w_path)
     if all(f"context.{f}" in tensors for f in (*_CONTEXT_FIELDS, "y")):
         ctx = Batch(*(tensors[f"context.{f}"] for f in _CONTEXT_FIELDS))
-        groups = tensors.get("context.groups")
-        if perf.gp.task_level and (groups is None or groups.shape != tensors["context.y"].shape):
-            raise SurrogateFormatError(f"{w_path}: a task-level surrogate needs context.groups, one per context point; "
-                                       "the file is incomplete or corrupted.")
-        perf.set_context(ctx, tensors["context.y"], groups if perf.gp.task_level else None)
+        perf.set_context(ctx, tensors["context.y"])
     meta = tensors.get("meta_configs")
     return QuickTuneSurrogate(
         space, prep, perf, cost,

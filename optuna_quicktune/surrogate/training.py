@@ -94,7 +94,6 @@ def meta_train(
     mean: str = "last",
     residual: bool = True,
     calibration: str = "global",
-    task_level: bool = False,
 ) -> QuickTuneSurrogate:
     """Meta-train the performance and cost surrogates on every task of ``metadataset``.
 
@@ -128,12 +127,6 @@ def meta_train(
             of 50 epochs, against 0.61-0.99 with one factor), but did not lower QuickTune's regret
             (LCBench 24 tasks x 10 seeds: within noise at 50 and 100 % of the budget, 0.001 worse
             at 10 %; docs/benchmarks.md, stop 23), so it is not the default.
-        task_level: Give each meta-training task's points a shared offset of learned variance in the
-            likelihood (:mod:`.gp`, "Task level"), so that the kernel learns which configurations
-            win within a task rather than each task's level; a new task's rows then share an
-            offset of that variance, which the study's runs pin down (it replaces ``task_effect``).
-            Why: the default surrogate ranks a held-out task's configurations worse than the other
-            tasks' mean rank (docs/benchmarks.md, stop 26). Opt-in until measured on the benchmark.
     """
     if len(metadataset.runs) == 0:
         raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
@@ -151,16 +144,13 @@ def meta_train(
 
     dim_mf = len(prep.metafeature_names)
     perf = PerformanceSurrogate(metadataset.space.dim, prep.max_fidelity, dim_mf, hidden=hidden, embedding=embedding,
-                                kernel=kernel, noise=noise, mean=mean, task_level=task_level)
-    if task_level:  # start from the levels' spread: early stopping may keep an early step
-        perf.gp.init_task_var(data.level_variance(split.train))
+                                kernel=kernel, noise=noise, mean=mean)
     cost = CostSurrogate(metadataset.space.dim, dim_mf, hidden=hidden)
     opt = torch.optim.Adam(_param_groups(perf, learning_rate))
     opt_cost = torch.optim.Adam(cost.parameters(), lr=learning_rate)
 
     val_rng = np.random.default_rng(seed + 1)
-    # Context tuples keep their tasks (the task level reads them); query tuples are one task.
-    val_sets = [(data.sample_grouped(split.train, batch_size, val_rng), data.sample([t], batch_size, val_rng)) for t in split.val]
+    val_sets = [(data.sample(split.train, batch_size, val_rng), data.sample([t], batch_size, val_rng)) for t in split.val]
     best = (math.inf, None, 0)
     history: list[dict[str, float]] = []
     bar = _progress_bar(steps) if progress is True else None
@@ -169,11 +159,10 @@ def meta_train(
     for step in range(1, steps + 1):
         task = int(rng.choice(split.train))
         others = [t for t in split.train if t != task] or [task]
-        qb, qy, qg = data.sample_grouped([task], batch_size, rng)
-        cb, cy, cg = data.sample_grouped(others, batch_size, rng)
+        qb, qy = data.sample([task], batch_size, rng)
+        cb, cy = data.sample(others, batch_size, rng)
         opt.zero_grad()
-        loss = perf.loss(qb.cat(cb), torch.as_tensor(np.concatenate([qy, cy])),
-                         np.concatenate([qg, cg]) if task_level else None)
+        loss = perf.loss(qb.cat(cb), torch.as_tensor(np.concatenate([qy, cy])))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(perf.parameters(), 10.0)
         opt.step()
@@ -224,14 +213,14 @@ def meta_train(
         "hyperparameters": {
             "steps": steps, "batch_size": batch_size, "context_size": context_size, "learning_rate": learning_rate,
             "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
-            "residual": residual, "calibration": calibration, "task_level": task_level,
+            "residual": residual, "calibration": calibration,
         },
     }
     # Calibrate the predictive std on validation tasks (context from training tasks only).
     if split.val:
-        ctx_b, ctx_y, ctx_g = data.sample_grouped(split.train, context_size, np.random.default_rng(seed + 2))
-        perf.set_context(ctx_b, ctx_y, ctx_g if task_level else None)
-        perf.task_effect = _target_task_effect(perf, data, split.val, task_effect)
+        ctx_b, ctx_y = data.sample(split.train, context_size, np.random.default_rng(seed + 2))
+        perf.set_context(ctx_b, ctx_y)
+        perf.task_effect = estimate_task_effect(perf, data, split.val) if task_effect else 0.0
         perf.invalidate()
         calibrate(perf, data, split.val, seed, per_bin=calibration == "prefix")
         info["validation"] = validation_report(perf, data, split.val)
@@ -239,10 +228,8 @@ def meta_train(
             fit = estimate_residual(perf, validation_rows(data, split.val, seed + 5))
             perf.set_residual(fit.share, fit.inv_scale(data.X.shape[1]))
             info["validation"]["residual"] = fit.report()
-    ctx_b, ctx_y, ctx_g = data.sample_grouped(data.tasks, context_size, np.random.default_rng(seed + 3))
-    perf.set_context(ctx_b, ctx_y, ctx_g if task_level else None)
-    if task_level and not split.val:
-        perf.task_effect = float(perf.gp.task_var.detach())
+    ctx_b, ctx_y = data.sample(data.tasks, context_size, np.random.default_rng(seed + 3))
+    perf.set_context(ctx_b, ctx_y)
     meta_configs = np.unique(np.round(arrays["X"], 6), axis=0)
     from optuna_quicktune.portfolio import PortfolioTable
 
@@ -296,14 +283,6 @@ def fine_tune(
 
 
 # ---------------------------------------------------------------------- helpers
-def _target_task_effect(perf: PerformanceSurrogate, data: TrainingTuples, val: list[int], estimate: bool) -> float:
-    """The variance of a new task's offset: the learned task level, else the validation estimate, else 0."""
-    if perf.gp.task_level:
-        return float(perf.gp.task_var.detach())
-    return estimate_task_effect(perf, data, val) if estimate else 0.0
-
-
-
 #: Learning-rate factor of the prefix heads (noise and mean). They start at their neutral values
 #: with few parameters; at the shared rate the noise head had barely moved by the step early
 #: stopping kept (100 of 400 on most LCBench folds: noise std 14.4 fresh vs 12.9 at 98 % of a curve).

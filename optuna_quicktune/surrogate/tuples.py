@@ -37,11 +37,6 @@ class TrainingTuples:
 
     def sample(self, tasks: Sequence[int], n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
         """``n`` tuples from runs of ``tasks`` (uniform over tasks, then runs)."""
-        b, y, _ = self.sample_grouped(tasks, n, rng)
-        return b, y
-
-    def sample_grouped(self, tasks: Sequence[int], n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray, np.ndarray]:
-        """:meth:`sample`, and each tuple's task (the same draws: the task is read, not drawn)."""
         chosen_tasks = rng.choice(np.asarray(tasks), size=n)
         runs = np.array([rng.choice(self.runs_by_task[int(t)]) for t in chosen_tasks])
         L = self.lengths[runs]
@@ -49,7 +44,7 @@ class TrainingTuples:
         s = np.where(final, L, rng.integers(1, L + 1))  # target step, 1-based
         fresh = rng.random(n) < 0.4
         p = np.where(fresh, 0, np.floor(rng.random(n) * s).astype(np.int64))  # prefix length < s
-        return self._build(runs, s, p), self.Z[runs, s - 1], self.task[runs].astype(np.int64)
+        return self._build(runs, s, p), self.Z[runs, s - 1]
 
     def _build(self, runs: np.ndarray, s: np.ndarray, p: np.ndarray) -> Batch:
         t = self.task[runs]
@@ -65,11 +60,6 @@ class TrainingTuples:
         pick = idx[rng.integers(0, len(idx), size=n)]
         runs, s = pick[:, 0], pick[:, 1] + 1
         return self._build(runs, s, np.zeros(n, dtype=np.int64)), self.logc[runs, s - 1]
-
-    def level_variance(self, tasks: Sequence[int]) -> float:
-        """The variance over ``tasks`` of each task's mean normalised score (all its runs and steps)."""
-        means = [float(np.nanmean(self.Z[self.task == t])) for t in tasks]
-        return float(np.var(means)) if len(means) > 1 else 0.0
 
     def fresh_rows(self, task: int, n: int, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
         """Up to ``n`` runs of ``task`` with no prefix, half at their last step, half at a random one."""

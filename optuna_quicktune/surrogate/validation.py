@@ -19,17 +19,11 @@ __all__ = ["validation_nll", "estimate_task_effect", "validation_report"]
 
 
 def validation_nll(perf: PerformanceSurrogate, val_sets: list[Any]) -> float:
-    """Mean negative log predictive density of held-out query rows given a training-task context (early stopping).
-
-    ``val_sets``: ``((context batch, targets, tasks), (query batch, targets))`` per validation task.
-    """
+    """Mean negative log predictive density of held-out query rows given a training-task context (early stopping)."""
     total = 0.0
     with torch.no_grad():
-        for (cb, cy, cg), (qb, qy) in val_sets:
-            groups = torch.as_tensor(cg) if perf.gp.task_level else None
-            post = perf.gp.condition(perf.embed(cb), torch.as_tensor(cy, dtype=torch.float64), groups)
-            if perf.gp.task_level:  # the held-out task's points share an offset, as a new task's do
-                post = post.with_task_effect(float(perf.gp.task_var.detach()))
+        for (cb, cy), (qb, qy) in val_sets:
+            post = perf.gp.condition(perf.embed(cb), torch.as_tensor(cy, dtype=torch.float64))
             mean, var = post.predict(perf.embed(qb))
             y = torch.as_tensor(qy, dtype=torch.float64)
             total += float((0.5 * torch.log(2 * math.pi * var) + 0.5 * (y - mean) ** 2 / var).mean())
