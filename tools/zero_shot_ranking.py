@@ -44,41 +44,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout'
 TOPS = (1, 5, 10)
 
 
+def _retarget(md: Any, remap: Any) -> Any:
+    """``md`` with each task's finite scores ``v`` replaced by ``remap(v, pooled, sign)``.
+
+    ``pooled``: every finite score of the task (all runs, all steps); ``sign``: +1 when higher is better.
+    """
+    from optuna_quicktune.metadataset import MetaDataset
+
+    runs = []
+    for ti, task in enumerate(md.tasks):
+        own = md.runs_of(ti)
+        pooled = np.concatenate([r.curve[np.isfinite(r.curve)] for r in own])
+        for r in own:
+            curve = r.curve.astype(np.float64).copy()
+            ok = np.isfinite(curve)
+            curve[ok] = remap(curve[ok], pooled, task.sign)
+            runs.append(dataclasses.replace(r, curve=curve))
+    return MetaDataset(md.space, md.tasks, runs)
+
+
+def _copula(v: np.ndarray, pooled: np.ndarray, sign: float) -> np.ndarray:
+    from scipy.stats import norm
+
+    ranked = np.sort(sign * pooled)
+    mid = (np.searchsorted(ranked, sign * v, "left") + np.searchsorted(ranked, sign * v, "right")) / 2.0
+    return sign * norm.ppf((mid + 0.5) / (len(ranked) + 1.0))
+
+
 def copula_targets(md: Any) -> Any:
     """``md`` with each task's scores replaced by normal quantiles of their mid-rank empirical CDF.
 
     Higher stays better: scores are multiplied by the task's sign before ranking, and the
     quantiles by it again, so a minimised metric stays minimised.
     """
-    from scipy.stats import norm
-
-    from optuna_quicktune.metadataset import MetaDataset
-
-    runs = []
-    for ti, task in enumerate(md.tasks):
-        own = md.runs_of(ti)
-        pooled = np.sort(np.concatenate([task.sign * r.curve[np.isfinite(r.curve)] for r in own]))
-        n = len(pooled)
-        for r in own:
-            curve = r.curve.astype(np.float64).copy()
-            ok = np.isfinite(curve)
-            v = task.sign * curve[ok]
-            mid = (np.searchsorted(pooled, v, "left") + np.searchsorted(pooled, v, "right")) / 2.0
-            curve[ok] = task.sign * norm.ppf((mid + 0.5) / (n + 1.0))
-            runs.append(dataclasses.replace(r, curve=curve))
-    return MetaDataset(md.space, md.tasks, runs)
+    return _retarget(md, _copula)
 
 
 def centred_targets(md: Any) -> Any:
     """``md`` with each task's scores shifted by the mean of all its scores (all runs, all steps)."""
-    from optuna_quicktune.metadataset import MetaDataset
-
-    runs = []
-    for ti in range(len(md.tasks)):
-        own = md.runs_of(ti)
-        level = float(np.mean(np.concatenate([r.curve[np.isfinite(r.curve)] for r in own])))
-        runs.extend(dataclasses.replace(r, curve=r.curve - level) for r in own)
-    return MetaDataset(md.space, md.tasks, runs)
+    return _retarget(md, lambda v, pooled, sign: v - float(np.mean(pooled)))
 
 
 TARGETS = {"copula": copula_targets, "center": centred_targets}
@@ -134,11 +138,14 @@ def ranking(out: Path, tasks: list[str] | None, meta_kwargs: dict[str, Any] | No
         L, mf, y = task.fidelity_max, dict(task.metafeatures) or None, finals[ti]
         others = [i for i in range(len(md.tasks)) if i != ti]
         rec: dict[str, Any] = {"task": name}
-        surrogates = [("default", lambda: load(str(folds[0])))] + [
-            (t, lambda t=t: meta_train(transformed[t].select_tasks(others), steps=steps, seed=seed, **kwargs)) for t in targets]
-        for label, make in surrogates:
-            m, _ = make().predict(X, None, L, fidelity_max=L, metafeatures=mf, sign=task.sign)
-            rec[label] = _scores(y, task.sign * m)
+
+        def ranked(sur: Any) -> dict[str, float]:
+            m, _ = sur.predict(X, None, L, fidelity_max=L, metafeatures=mf, sign=task.sign)
+            return _scores(y, task.sign * m)
+
+        rec["default"] = ranked(load(str(folds[0])))
+        for t in targets:
+            rec[t] = ranked(meta_train(transformed[t].select_tasks(others), steps=steps, seed=seed, **kwargs))
         if shared:
             rec["mean_rank"] = _scores(y, np.mean([rankdata(finals[j]) / len(finals[j]) for j in others], axis=0))
         else:

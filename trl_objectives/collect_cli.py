@@ -11,8 +11,7 @@ import json
 import sys
 from typing import Any
 
-from trl_objectives import collect as _collection
-from trl_objectives.collect import DataFormat, collect
+import trl_objectives.collect as collection
 from trl_objectives.runtime import sigterm_as_interrupt
 
 __all__ = ["add_collect_parser"]
@@ -25,7 +24,7 @@ def add_collect_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "collect",
         help="Run the same N LoRA configurations on every task (fact-QA tables or your datasets): a meta-dataset.",
-        description=(_collection.__doc__ or "").split("\n\n", 1)[0],
+        description=(collection.__doc__ or "").split("\n\n", 1)[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--tasks", default=None,
@@ -87,9 +86,9 @@ def _collect_from_args(tasks: list[str], args: argparse.Namespace) -> dict[str, 
     def column(value: str) -> str | None:
         return None if value.lower() == "none" else value
 
-    return collect(
+    return collection.collect(
         tasks, data=_split_list(args.data),
-        data_format=DataFormat(args.question_column, args.answer_column, column(args.fact_column),
+        data_format=collection.DataFormat(args.question_column, args.answer_column, column(args.fact_column),
                                column(args.split_column), args.system_prompt, args.max_examples),
         model=args.model, storage=args.storage, configs=args.configs, epochs=args.epochs,
         eval_every_steps=args.eval_every_steps, max_steps=args.max_steps, facts=args.facts,
