@@ -263,8 +263,10 @@ class Decision:
         built once per run; only the predictions follow the view.
         """
         fmax, horizon = self.fidelity_max, self.settings.horizon
-        table = self.cache.get(("paused-rows", self.study_name, self.surrogate.cost_id, self._mf_key(), fmax, self.sign,
-                                horizon), PausedRows)
+        # The rows' curve inputs are the study's scores read through the view's scale (scale_id).
+        key = ("paused-rows", self.study_name, self.surrogate.cost_id, self.surrogate.scale_id, self._mf_key(), fmax,
+               self.sign, horizon)
+        table = self.cache.get(key, PausedRows)
         rows, name = table.lookup(views, self._paused_inputs, names)
 
         def predict() -> tuple[np.ndarray, np.ndarray]:

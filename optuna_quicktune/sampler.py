@@ -397,6 +397,7 @@ class QuickTuneSampler(BaseSampler):
         if self.refit:
             base = self._views.refit(study.study_name, state, mf, fmax, sign, self.refit_every, self.refit_steps,
                                      self._seed(study), keep_context=self.condition)
+        base = self._views.rescaled(base, study.study_name, state, mf, fmax, sign)
         return self._views.conditioned(base, study.study_name, state, mf, fmax, sign) if self.condition else base
 
     # ================================================================== storage writes

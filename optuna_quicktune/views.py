@@ -1,8 +1,9 @@
 """The surrogate a study's decisions use: the pretrained one, conditioned on the study (and refit).
 
-Two caches, cleared together by :meth:`SurrogateViews.clear` (as Optuna's GP sampler keeps its
-kernel and acquisition caches): the refit copies per (study, version), and the latest two
-conditioned views. A view is what :meth:`QuickTuneSurrogate.conditioned_on` returns; the next view
+Three caches, cleared together by :meth:`SurrogateViews.clear` (as Optuna's GP sampler keeps its
+kernel and acquisition caches): the refit copies per (study, version), the rescaled views of a
+surrogate meta-trained on per-task scores (:mod:`.surrogate.task_scale`) per (study, version), and
+the latest two conditioned views. A view is what :meth:`QuickTuneSurrogate.conditioned_on` returns; the next view
 extends the latest one whose conditioning points are a subset of the new ones, so each finished
 trial costs one Schur-complement extension, never a refactorisation.
 """
@@ -19,6 +20,7 @@ from optuna.trial import TrialState
 from optuna_quicktune.metadataset import MetaDataset, Run, Task
 from optuna_quicktune.study_state import StudyState
 from optuna_quicktune.surrogate.model import QuickTuneSurrogate
+from optuna_quicktune.surrogate.task_scale import estimate_scale
 
 __all__ = ["SurrogateViews"]
 
@@ -31,10 +33,44 @@ class SurrogateViews:
         self.keep = int(keep)
         self._refit: dict[tuple[str, int], QuickTuneSurrogate] = {}
         self._views: OrderedDict[Any, QuickTuneSurrogate] = OrderedDict()
+        self._scaled: OrderedDict[Any, QuickTuneSurrogate] = OrderedDict()
 
     def clear(self) -> None:
         self._refit.clear()
         self._views.clear()
+        self._scaled.clear()
+
+    def rescaled(
+        self, base: QuickTuneSurrogate, study_name: str, state: StudyState, mf: dict[str, float] | None,
+        fmax: int, sign: float,
+    ) -> QuickTuneSurrogate:
+        """``base`` reading the study's scores in the per-task units it was meta-trained in.
+
+        ``base`` itself when it was meta-trained on scores normalised over all tasks. Otherwise the
+        task's scale is estimated (:func:`~.surrogate.task_scale.estimate_scale`) from the first
+        ``2^k`` finished trials (by number), ``k`` growing as their count doubles: every worker
+        derives the same map from the storage, and a study re-conditions ``O(log n)`` times.
+        """
+        prior = base.task_scale
+        if prior is None:
+            return base
+        ends = sorted(state.ends, key=lambda v: v.number)
+        version = int(math.floor(math.log2(len(ends)))) + 1 if ends else 0
+        key = (base.view_id, study_name, fmax, sign, tuple(sorted((mf or {}).items())), version)
+        if key not in self._scaled:
+            used = ends[: 2 ** (version - 1)] if version else []
+            m, s = prior.m0, math.exp(prior.l0)
+            if used:
+                lengths = np.array([min(len(v.prefix), fmax) for v in used])
+                y = np.array([v.prefix[b - 1] for v, b in zip(used, lengths)])
+                mu, sd = base.predict(np.stack([v.x for v in used]), None, lengths, fidelity_max=fmax,
+                                      metafeatures=mf, sign=sign)
+                m, s = estimate_scale(prior, y, mu, sd)
+            self._scaled[key] = base.rescaled(m, s, sign)
+        self._scaled.move_to_end(key)
+        while len(self._scaled) > self.keep:
+            self._scaled.popitem(last=False)
+        return self._scaled[key]
 
     def refit(
         self, study_name: str, state: StudyState, mf: dict[str, float] | None, fmax: int, sign: float,

@@ -14,6 +14,7 @@ of meta-training points, so a prediction costs ``O(q * n_context)`` whatever the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from optuna_quicktune.surrogate.gp import ExactGP, Posterior
 from optuna_quicktune.surrogate.networks import CostNet, FeatureExtractor
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
 from optuna_quicktune.surrogate.query_cache import QueryCache, task_rows
+from optuna_quicktune.surrogate.task_scale import TaskScalePrior
 
 if TYPE_CHECKING:
     from optuna_quicktune.portfolio import PortfolioTable
@@ -238,6 +240,7 @@ class QuickTuneSurrogate:
         # Cache keys: a conditioned view gets a new view_id; it shares the cost network (cost_id).
         self.view_id = f"view-{next(_VIEW_IDS)}"
         self.cost_id = self.view_id
+        self.scale_id = ""  # a rescaled view's own (what the inputs built from a study's scores depend on)
 
     # --------------------------------------------------------------- identity
     @property
@@ -265,6 +268,23 @@ class QuickTuneSurrogate:
             h.update(name.encode())
             h.update(t.detach().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+    @property
+    def task_scale(self) -> TaskScalePrior | None:
+        """A new task's score-scale prior, when meta-trained on per-task standardised scores (else None)."""
+        raw = self.info.get("task_scale")
+        return None if raw is None else TaskScalePrior.from_json(raw)
+
+    def rescaled(self, m: float, s: float, sign: float) -> "QuickTuneSurrogate":
+        """A view that reads a study's scores ``y`` as ``(y - m) / s``, the per-task units it learned in.
+
+        Only the score normalisation changes (``sign``: the study's direction); the weights and the
+        meta-training context are shared, so configurations without a curve keep their predictions.
+        """
+        view = copy.copy(self)
+        view.prep = dataclasses.replace(self.prep, y_mean=sign * m + s * self.prep.y_mean, y_std=s * self.prep.y_std)
+        view.view_id = view.scale_id = f"view-{next(_VIEW_IDS)}"
+        return view
 
     def copy(self) -> "QuickTuneSurrogate":
         out = copy.deepcopy(self)

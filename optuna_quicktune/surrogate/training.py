@@ -34,6 +34,7 @@ from optuna_quicktune.surrogate.calibration import CALIBRATIONS, calibrate
 from optuna_quicktune.surrogate.model import CostSurrogate, PerformanceSurrogate, QuickTuneSurrogate, single_thread
 from optuna_quicktune.surrogate.preprocessing import Batch, Preprocessing
 from optuna_quicktune.surrogate.residual import estimate_residual, validation_rows
+from optuna_quicktune.surrogate.task_scale import TARGETS, TaskScalePrior, standardise_tasks
 from optuna_quicktune.surrogate.tuples import TrainingTuples
 from optuna_quicktune.surrogate.validation import estimate_task_effect, validation_nll, validation_report
 
@@ -94,6 +95,7 @@ def meta_train(
     mean: str = "last",
     residual: bool = True,
     calibration: str = "global",
+    targets: str = "global",
 ) -> QuickTuneSurrogate:
     """Meta-train the performance and cost surrogates on every task of ``metadataset``.
 
@@ -127,12 +129,23 @@ def meta_train(
             of 50 epochs, against 0.61-0.99 with one factor), but did not lower QuickTune's regret
             (LCBench 24 tasks x 10 seeds: within noise at 50 and 100 % of the budget, 0.001 worse
             at 10 %; docs/benchmarks.md, stop 23), so it is not the default.
+        targets: ``"global"`` (scores normalised once over every task) or ``"task"`` (each task's
+            scores standardised by its own mean and std, :mod:`.task_scale`): the model then learns
+            which configurations win on a task rather than each task's level, and the sampler
+            estimates a new task's scale from its study (``info["task_scale"]`` is the prior).
     """
     if len(metadataset.runs) == 0:
         raise EmptyMetaDatasetError("The meta-dataset has no runs; there is nothing to meta-train on.")
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {calibration!r}.")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, not {targets!r}.")
     t0 = time.perf_counter()
+    original = metadataset
+    scale_prior = None
+    if targets == "task":
+        metadataset, stats = standardise_tasks(metadataset)
+        scale_prior = TaskScalePrior.from_stats(stats)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     arrays = metadataset.arrays()
@@ -213,9 +226,11 @@ def meta_train(
         "hyperparameters": {
             "steps": steps, "batch_size": batch_size, "context_size": context_size, "learning_rate": learning_rate,
             "hidden": hidden, "embedding": embedding, "kernel": kernel, "noise": noise, "mean": mean,
-            "residual": residual, "calibration": calibration,
+            "residual": residual, "calibration": calibration, "targets": targets,
         },
     }
+    if scale_prior is not None:
+        info["task_scale"] = scale_prior.to_json()
     # Calibrate the predictive std on validation tasks (context from training tasks only).
     if split.val:
         ctx_b, ctx_y = data.sample(split.train, context_size, np.random.default_rng(seed + 2))
@@ -235,7 +250,7 @@ def meta_train(
 
     return QuickTuneSurrogate(
         metadataset.space, prep, perf, cost, meta_configs=meta_configs, info=info,
-        portfolio=PortfolioTable.from_metadataset(metadataset),
+        portfolio=PortfolioTable.from_metadataset(original),
     )
 
 
