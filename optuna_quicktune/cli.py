@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--calibration", choices=["global", "prefix"], default="global",  # calibration.CALIBRATIONS (no torch import for --help)
                     help="Fit the predictive std's factor once for every prediction, or per bin of how much of the "
                          "target budget the run's curve covers (honest intervals at every curve length; docs/benchmarks.md, stop 23).")
+    mt.add_argument("--targets", choices=["global", "task"], default=None,  # task_scale.TARGETS
+                    help="Normalise scores once over every task, or standardise each task's scores by its own mean and "
+                         "std (the model learns which configurations win on a task; the sampler estimates a new task's "
+                         "scale from its study). Default: meta_train's.")
     mt.set_defaults(func=_meta_train)
 
     ins = sub.add_parser("inspect", help="Show what a saved surrogate was trained on and how well it validated.")
@@ -144,8 +148,10 @@ def _meta_train(args: argparse.Namespace) -> int:
 
     md = MetaDataset.from_storage(args.storage, args.studies, metafeatures=args.metafeatures)
     print(f"Read {md}")
+    extra = {} if args.targets is None else {"targets": args.targets}
     s = meta_train(md, steps=args.steps, context_size=args.context_size, seed=args.seed, noise=args.noise, mean=args.mean,
-                   residual=args.residual == "on", calibration=args.calibration, time_limit=args.time_limit, progress=True)
+                   residual=args.residual == "on", calibration=args.calibration, time_limit=args.time_limit, progress=True,
+                   **extra)
     s.save(args.out)
     print(f"Saved to {args.out} ({s.info['train_seconds']} s). Validation: {s.info.get('validation', 'no held-out task')}")
     return 0

@@ -100,7 +100,10 @@ def meta_settings(cfg: "BenchConfig") -> list[Any]:
     calibration = cfg.meta_kwargs.get("calibration", defaults.get("calibration", "global"))
     if calibration != "global":
         models["calibration"] = calibration  # stop 23; absent when global, so earlier keys stay as they were
-    rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models and k not in ("residual", "calibration")}
+    targets = cfg.meta_kwargs.get("targets", defaults.get("targets", "global"))
+    if targets != "global":
+        models["targets"] = targets  # stop 27; absent when global, so earlier keys stay as they were
+    rest = {k: v for k, v in cfg.meta_kwargs.items() if k not in models and k not in ("residual", "calibration", "targets")}
     if set(models.values()) == {"constant"} and not rest:
         return []
     return [dict(rest, **models)]
