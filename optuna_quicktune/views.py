@@ -52,21 +52,21 @@ class SurrogateViews:
         derives the same map from the storage, and a study re-conditions ``O(log n)`` times.
         """
         prior = base.task_scale
-        if prior is None:
-            return base
         ends = sorted(state.ends, key=lambda v: v.number)
-        version = int(math.floor(math.log2(len(ends)))) + 1 if ends else 0
+        if prior is None or base.scale_id or not ends:
+            return base  # before any finished run: the prior's map, with its uncertainty in the std
+        version = int(math.floor(math.log2(len(ends)))) + 1
         key = (base.view_id, study_name, fmax, sign, tuple(sorted((mf or {}).items())), version)
         if key not in self._scaled:
-            used = ends[: 2 ** (version - 1)] if version else []
-            m, s = prior.m0, math.exp(prior.l0)
-            if used:
-                lengths = np.array([min(len(v.prefix), fmax) for v in used])
-                y = np.array([v.prefix[b - 1] for v, b in zip(used, lengths)])
-                mu, sd = base.predict(np.stack([v.x for v in used]), None, lengths, fidelity_max=fmax,
-                                      metafeatures=mf, sign=sign)
-                m, s = estimate_scale(prior, y, mu, sd)
-            self._scaled[key] = base.rescaled(m, s, sign)
+            used = ends[: 2 ** (version - 1)]
+            lengths = np.array([min(len(v.prefix), fmax) for v in used])
+            y = np.array([v.prefix[b - 1] for v, b in zip(used, lengths)])
+            m0, s0 = prior.mode
+            # Zero-shot predictions at the prior's map, without its widening, back in standardised units.
+            mu, sd = base.rescaled(m0, s0).predict(np.stack([v.x for v in used]), None, lengths, fidelity_max=fmax,
+                                                   metafeatures=mf, sign=sign)
+            level, scale = estimate_scale(prior, sign * y, (sign * mu - m0) / s0, sd / s0)
+            self._scaled[key] = base.rescaled(level, scale)
         self._scaled.move_to_end(key)
         while len(self._scaled) > self.keep:
             self._scaled.popitem(last=False)

@@ -50,12 +50,18 @@ def test_task_targets_are_saved_and_a_rescaled_view_is_affine(task_surrogate, fa
     assert load(str(tmp_path / "s")).task_scale == prior
     X = np.stack([family.space.encode(c) for c in family.space.sample(20, seed=3)])
     mf = family.tasks[HELD_OUT].metafeatures
+    m0, s0 = prior.mode
+    at_prior = task_surrogate.rescaled(m0, s0)
     for sign in (1.0, -1.0):
-        mu, sd = task_surrogate.predict(X, None, 10, fidelity_max=10, metafeatures=mf, sign=sign)
-        view = task_surrogate.rescaled(70.0, 3.0, sign)
-        mu2, sd2 = view.predict(X, None, 10, fidelity_max=10, metafeatures=mf, sign=sign)
-        np.testing.assert_allclose(mu2, 70.0 + 3.0 * mu, rtol=1e-9)
-        np.testing.assert_allclose(sd2, 3.0 * sd, rtol=1e-9)
+        mu, sd = at_prior.predict(X, None, 10, fidelity_max=10, metafeatures=mf, sign=sign)
+        v = (sign * mu - m0) / s0  # standardised, higher is better
+        mu2, sd2 = task_surrogate.rescaled(70.0, 3.0).predict(X, None, 10, fidelity_max=10, metafeatures=mf, sign=sign)
+        np.testing.assert_allclose(mu2, sign * (70.0 + 3.0 * v), rtol=1e-9)
+        np.testing.assert_allclose(sd2, 3.0 * sd / s0, rtol=1e-9)
+        # On its own the surrogate predicts at the prior's map, with the map's uncertainty added.
+        mu0, sd0 = task_surrogate.predict(X, None, 10, fidelity_max=10, metafeatures=mf, sign=sign)
+        np.testing.assert_allclose(mu0, mu, rtol=1e-9)
+        assert np.all(sd0 > sd) and np.all(sd0 >= prior.tau_m)
     with pytest.raises(ValueError, match="targets"):
         meta_train(family.metadataset(4, seed=2), steps=1, targets="rank")
 
@@ -64,17 +70,16 @@ def test_sampler_reads_the_study_in_the_estimated_scale(task_surrogate, family):
     task = family.tasks[HELD_OUT]
     sampler = QuickTuneSampler(task_surrogate, metafeatures=task.metafeatures, seed=0)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=QuickTunePruner(sampler))
-    before = sampler.decision(study).surrogate
-    assert before.scale_id  # the prior's map before any run ends
+    assert sampler.decision(study).surrogate is task_surrogate  # no finished run: the prior's map
     study.optimize(SimulatedObjective(task), n_trials=6)
     after = sampler.decision(study).surrogate
-    assert after.scale_id != before.scale_id  # re-estimated from the finished runs
-    base = task_surrogate.prep
-    scale = after.prep.y_std / base.y_std
-    level = after.prep.y_mean - scale * base.y_mean  # y_mean' = m + s * y_mean for a maximised study
+    assert after.scale_id  # re-estimated from the finished runs
     prior = task_surrogate.task_scale
+    m0, s0 = prior.mode
+    scale = after.prep.y_std / (task_surrogate.prep.y_std / s0)
+    level = after.prep.y_mean - scale * (task_surrogate.prep.y_mean - m0) / s0
     assert scale > 0 and np.isfinite(level)
-    assert (level, scale) != pytest.approx((prior.m0, math.exp(prior.l0)))
+    assert (level, scale) != pytest.approx((m0, s0))
     # The scores the study saw, read in the surrogate's per-task units, are no longer the prior's reading.
     best = max(v for t in study.trials for v in t.intermediate_values.values())
-    assert after.prep.z(np.array([best]))[0] != pytest.approx(before.prep.z(np.array([best]))[0])
+    assert after.prep.z(np.array([best]))[0] != pytest.approx(task_surrogate.prep.z(np.array([best]))[0])

@@ -275,16 +275,27 @@ class QuickTuneSurrogate:
         raw = self.info.get("task_scale")
         return None if raw is None else TaskScalePrior.from_json(raw)
 
-    def rescaled(self, m: float, s: float, sign: float) -> "QuickTuneSurrogate":
-        """A view that reads a study's scores ``y`` as ``(y - m) / s``, the per-task units it learned in.
+    def rescaled(self, level: float, scale: float) -> "QuickTuneSurrogate":
+        """A view that reads a task's scores with level ``level`` (higher is better) and spread ``scale``.
 
-        Only the score normalisation changes (``sign``: the study's direction); the weights and the
-        meta-training context are shared, so configurations without a curve keep their predictions.
+        Only the score normalisation changes, from the prior's map (:mod:`.task_scale`) to this one,
+        and the map counts as known (no widening); the weights and the meta-training context are
+        shared, so configurations without a curve keep their standardised predictions.
         """
+        prior = self.task_scale
+        if prior is None:
+            raise ValueError("rescaled() needs a surrogate meta-trained with targets='task'.")
+        m0, s0 = prior.mode
         view = copy.copy(self)
-        view.prep = dataclasses.replace(self.prep, y_mean=sign * m + s * self.prep.y_mean, y_std=s * self.prep.y_std)
+        ym, ys = (self.prep.y_mean - m0) / s0, self.prep.y_std / s0  # the standardised units' normalisation
+        view.prep = dataclasses.replace(self.prep, y_mean=level + scale * ym, y_std=scale * ys)
         view.view_id = view.scale_id = f"view-{next(_VIEW_IDS)}"
         return view
+
+    def _std(self, mean: np.ndarray, std: np.ndarray, sign: float) -> np.ndarray:
+        """The predictive std in metric units: with the prior map's own uncertainty unless rescaled."""
+        prior = None if self.scale_id else self.task_scale
+        return std if prior is None else prior.widen(mean, std, sign)
 
     def copy(self) -> "QuickTuneSurrogate":
         out = copy.deepcopy(self)
@@ -374,7 +385,8 @@ class QuickTuneSurrogate:
             return self.predict_batch(make(), sign=sign, cache=cache)
         with single_thread():
             mz, sz = self.performance.predict_z_set(query_key, make)
-        return self.prep.y(mz, sign), sz * self.prep.y_std
+        mean = self.prep.y(mz, sign)
+        return mean, self._std(mean, sz * self.prep.y_std, sign)
 
     def predict_batch(
         self, b: Batch, *, sign: float = 1.0, keys: list[bytes] | None = None, cache: bool = True,
@@ -386,7 +398,8 @@ class QuickTuneSurrogate:
         """
         with single_thread():
             mz, sz = self.performance.predict_z(b, cache=cache, keys=keys)
-        return self.prep.y(mz, sign), sz * self.prep.y_std
+        mean = self.prep.y(mz, sign)
+        return mean, self._std(mean, sz * self.prep.y_std, sign)
 
     def predict_cost(
         self,

@@ -9,13 +9,16 @@ configurations win on a task, not each task's score level: zero-shot it ranks a 
 configurations better than one meta-trained on scores normalised once over all tasks
 (docs/benchmarks.md, stop 26: Spearman 0.669 with the level removed against 0.621).
 
-A new task's ``(m, s)`` is unknown. Its prior is the spread of the meta-training tasks' values,
-``m ~ N(m0, tau_m^2)`` and ``log s ~ N(l0, tau_s^2)``. Given a study's observed scores ``y_i`` and
-the surrogate's zero-shot predictions ``v_i ~ N(mu_i, sd_i^2)`` (standardised units, no curve
-seen) of the same configurations at the same fidelities, ``y_i = m + s v_i`` and
-:func:`estimate_scale` returns the posterior mode of ``(m, s)``. The sampler re-estimates it when
-the number of finished runs doubles (:class:`~optuna_quicktune.views.SurrogateViews`), so a study
-pays ``O(log n)`` re-conditionings and every worker derives the same map from the storage.
+Levels are kept *higher-is-better*: ``M = sign * m``. A new task's ``(M, s)`` is unknown. Its prior
+is the spread of the meta-training tasks' values, ``M ~ N(M0, tau_m^2)`` and
+``log s ~ N(l0, tau_s^2)``; a surrogate on its own (no study) predicts in metric units at the prior's
+mode, with the prior's spread added to its variance (:meth:`TaskScalePrior.widen`), so its
+zero-shot intervals also cover a task whose level is not the average one. Given a study's observed
+scores ``y_i`` and the surrogate's zero-shot predictions ``v_i ~ N(mu_i, sd_i^2)`` (standardised
+units, no curve seen) of the same configurations at the same fidelities, ``sign * y_i = M + s v_i``
+and :func:`estimate_scale` returns the posterior mode of ``(M, s)``. The sampler re-estimates it
+when the number of finished runs doubles (:class:`~optuna_quicktune.views.SurrogateViews`), so a
+study pays ``O(log n)`` re-conditionings and every worker derives the same map from the storage.
 """
 
 from __future__ import annotations
@@ -42,14 +45,30 @@ _MIN_SD = 1e-3  # a prior spread below this (one meta-training task, or equal ta
 class TaskScalePrior:
     """Where a new task's score level ``m`` and spread ``s`` are expected, from the meta-training tasks."""
 
-    m0: float
+    m0: float  # mean of the tasks' higher-is-better levels sign * m_t
     tau_m: float
     l0: float  # mean of log s
     tau_s: float
 
+    @property
+    def mode(self) -> tuple[float, float]:
+        """The prior's ``(M, s)``: the map a surrogate uses before a study has finished a run."""
+        return self.m0, math.exp(self.l0)
+
+    def widen(self, mean: np.ndarray, std: np.ndarray, sign: float) -> np.ndarray:
+        """``std`` (metric units, at the prior's map) with the map's own uncertainty added.
+
+        With ``s = s0 (1 + e)``, ``e ~ N(0, tau_s^2)`` (first order in ``log s``):
+        ``var = tau_m^2 + std^2 (1 + tau_s^2) + tau_s^2 (sign * mean - M0)^2``.
+        """
+        dev = sign * np.asarray(mean, dtype=np.float64) - self.m0
+        return np.sqrt(self.tau_m**2 + np.square(std) * (1 + self.tau_s**2) + self.tau_s**2 * dev**2)
+
     @classmethod
-    def from_stats(cls, stats: Sequence[tuple[float, float]]) -> "TaskScalePrior":
-        m = np.array([a for a, _ in stats], dtype=np.float64)
+    def from_stats(cls, stats: Sequence[tuple[float, float]], signs: Sequence[float] | None = None) -> "TaskScalePrior":
+        """From each task's ``(m_t, s_t)`` in the metric's units and its direction (+1 maximise)."""
+        signs = [1.0] * len(stats) if signs is None else list(signs)
+        m = np.array([g * a for (a, _), g in zip(stats, signs)], dtype=np.float64)
         ls = np.log(np.array([b for _, b in stats], dtype=np.float64))
         return cls(float(m.mean()), max(float(m.std()), _MIN_SD * max(1.0, abs(float(m.mean())))),
                    float(ls.mean()), max(float(ls.std()), _MIN_SD))

@@ -17,6 +17,7 @@ best step's weights are kept (early stopping) and the predictive std is calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -148,7 +149,7 @@ def meta_train(
     scale_prior = None
     if targets == "task":
         metadataset, stats = standardise_tasks(metadataset)
-        scale_prior = TaskScalePrior.from_stats(stats)
+        scale_prior = TaskScalePrior.from_stats(stats, [t.sign for t in metadataset.tasks])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     arrays = metadataset.arrays()
@@ -251,6 +252,9 @@ def meta_train(
     meta_configs = np.unique(np.round(arrays["X"], 6), axis=0)
     from optuna_quicktune.portfolio import PortfolioTable
 
+    if scale_prior is not None:  # on its own the surrogate predicts in metric units at the prior's map
+        level, scale = scale_prior.mode
+        prep = dataclasses.replace(prep, y_mean=level + scale * prep.y_mean, y_std=scale * prep.y_std)
     return QuickTuneSurrogate(
         metadataset.space, prep, perf, cost, meta_configs=meta_configs, info=info,
         portfolio=PortfolioTable.from_metadataset(original),
