@@ -51,6 +51,8 @@ def test_meta_train_calibrates_per_bin_and_the_factors_survive_save_and_load(tra
     plen = np.array([0, 1, 2, 4, 9] * 4)
     X = a["X"][: len(plen)]
     prefixes = [a["Y"][i, : plen[i]] for i in range(len(plen))]
+    # At the prior's map (task_scale.py), without the map's own uncertainty: the model's std alone.
+    s, g = s.rescaled(*s.task_scale.mode), g.rescaled(*g.task_scale.mode)
     _, sd = s.predict(X, prefixes, F, fidelity_max=F, metafeatures=mf)
     _, sd_g = g.predict(X, prefixes, F, fidelity_max=F, metafeatures=mf)
     bins = prefix_bins(s.batch(X, prefixes, F, fidelity_max=F, metafeatures=mf))
@@ -63,7 +65,7 @@ def test_meta_train_calibrates_per_bin_and_the_factors_survive_save_and_load(tra
     s.save(str(tmp_path / "s"))
     back = load(str(tmp_path / "s"))
     assert back.performance.std_scales == perf.std_scales
-    _, sd_back = back.predict(X, prefixes, F, fidelity_max=F, metafeatures=mf)
+    _, sd_back = back.rescaled(*back.task_scale.mode).predict(X, prefixes, F, fidelity_max=F, metafeatures=mf)
     np.testing.assert_allclose(sd_back, sd, rtol=1e-6)
 
 

@@ -80,7 +80,11 @@ def test_meta_train_estimates_it_and_a_studys_runs_then_predict_their_neighbours
 
     from tests.conftest import HELD_OUT
 
-    sur = meta_train(train_md, steps=150, seed=0)
+    # The mechanism on the model it was designed with (scores normalised over all tasks). Under
+    # per-task targets (the default since stop 27) the same check on this family found the
+    # neighbours no better predicted with it (median error 0.091 against 0.086, the scale estimated
+    # from the six runs as the sampler does); docs/benchmarks.md, stop 27.
+    sur = meta_train(train_md, steps=150, seed=0, targets="global")
     fit = sur.info["validation"]["residual"]
     assert fit["share"] > 0 and fit["loglik_gain_per_row"] > 0
     task, space, F = family.tasks[HELD_OUT], sur.space, sur.max_fidelity
