@@ -51,14 +51,13 @@ class SurrogateViews:
         ``2^k`` finished trials (by number), ``k`` growing as their count doubles: every worker
         derives the same map from the storage, and a study re-conditions ``O(log n)`` times.
         """
-        prior = base.task_scale
-        ends = sorted(state.ends, key=lambda v: v.number)
-        if prior is None or base.scale_id or not ends:
+        prior = None if base.scale_id else base.task_scale
+        if prior is None or not state.ends:
             return base  # before any finished run: the prior's map, with its uncertainty in the std
-        version = int(math.floor(math.log2(len(ends)))) + 1
+        version = int(math.floor(math.log2(len(state.ends)))) + 1
         key = (base.view_id, study_name, fmax, sign, tuple(sorted((mf or {}).items())), version)
         if key not in self._scaled:
-            used = ends[: 2 ** (version - 1)]
+            used = sorted(state.ends, key=lambda v: v.number)[: 2 ** (version - 1)]
             lengths = np.array([min(len(v.prefix), fmax) for v in used])
             y = np.array([v.prefix[b - 1] for v, b in zip(used, lengths)])
             m0, s0 = prior.mode

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,31 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout'
 TOPS = (1, 5, 10)
 
 
-def _retarget(md: Any, remap: Any) -> Any:
-    """``md`` with each task's finite scores ``v`` replaced by ``remap(v, pooled, sign)``.
-
-    ``pooled``: every finite score of the task (all runs, all steps); ``sign``: +1 when higher is better.
-    """
-    from optuna_quicktune.metadataset import MetaDataset
-
-    runs = []
-    for ti, task in enumerate(md.tasks):
-        own = md.runs_of(ti)
-        pooled = np.concatenate([r.curve[np.isfinite(r.curve)] for r in own])
-        for r in own:
-            curve = r.curve.astype(np.float64).copy()
-            ok = np.isfinite(curve)
-            curve[ok] = remap(curve[ok], pooled, task.sign)
-            runs.append(dataclasses.replace(r, curve=curve))
-    return MetaDataset(md.space, md.tasks, runs)
-
-
-def _copula(v: np.ndarray, pooled: np.ndarray, sign: float) -> np.ndarray:
+def _copula(pooled: np.ndarray, sign: float) -> Any:
     from scipy.stats import norm
 
     ranked = np.sort(sign * pooled)
-    mid = (np.searchsorted(ranked, sign * v, "left") + np.searchsorted(ranked, sign * v, "right")) / 2.0
-    return sign * norm.ppf((mid + 0.5) / (len(ranked) + 1.0))
+
+    def f(v: np.ndarray) -> np.ndarray:
+        mid = (np.searchsorted(ranked, sign * v, "left") + np.searchsorted(ranked, sign * v, "right")) / 2.0
+        return sign * norm.ppf((mid + 0.5) / (len(ranked) + 1.0))
+
+    return f
 
 
 def copula_targets(md: Any) -> Any:
@@ -77,12 +61,20 @@ def copula_targets(md: Any) -> Any:
     Higher stays better: scores are multiplied by the task's sign before ranking, and the
     quantiles by it again, so a minimised metric stays minimised.
     """
-    return _retarget(md, _copula)
+    from optuna_quicktune.surrogate.task_scale import remap_tasks
+
+    return remap_tasks(md, _copula)
 
 
 def centred_targets(md: Any) -> Any:
     """``md`` with each task's scores shifted by the mean of all its scores (all runs, all steps)."""
-    return _retarget(md, lambda v, pooled, sign: v - float(np.mean(pooled)))
+    from optuna_quicktune.surrogate.task_scale import remap_tasks
+
+    def shift(pooled: np.ndarray, sign: float) -> Any:
+        level = float(np.mean(pooled))
+        return lambda v: v - level
+
+    return remap_tasks(md, shift)
 
 
 TARGETS = {"copula": copula_targets, "center": centred_targets}

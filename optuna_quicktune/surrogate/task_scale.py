@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from optuna_quicktune.metadataset import MetaDataset
 
-__all__ = ["TARGETS", "TaskScalePrior", "standardise_tasks", "estimate_scale"]
+__all__ = ["TARGETS", "TaskScalePrior", "remap_tasks", "standardise_tasks", "estimate_scale"]
 
 #: ``meta_train(targets=...)``: ``"global"`` normalises scores once over every task; ``"task"`` per task.
 TARGETS = ("global", "task")
@@ -65,9 +65,8 @@ class TaskScalePrior:
         return np.sqrt(self.tau_m**2 + np.square(std) * (1 + self.tau_s**2) + self.tau_s**2 * dev**2)
 
     @classmethod
-    def from_stats(cls, stats: Sequence[tuple[float, float]], signs: Sequence[float] | None = None) -> "TaskScalePrior":
+    def from_stats(cls, stats: Sequence[tuple[float, float]], signs: Sequence[float]) -> "TaskScalePrior":
         """From each task's ``(m_t, s_t)`` in the metric's units and its direction (+1 maximise)."""
-        signs = [1.0] * len(stats) if signs is None else list(signs)
         m = np.array([g * a for (a, _), g in zip(stats, signs)], dtype=np.float64)
         ls = np.log(np.array([b for _, b in stats], dtype=np.float64))
         return cls(float(m.mean()), max(float(m.std()), _MIN_SD * max(1.0, abs(float(m.mean())))),
@@ -81,29 +80,44 @@ class TaskScalePrior:
         return cls(float(data["m0"]), float(data["tau_m"]), float(data["l0"]), float(data["tau_s"]))
 
 
+def remap_tasks(
+    md: MetaDataset, per_task: Callable[[np.ndarray, float], Callable[[np.ndarray], np.ndarray]],
+) -> MetaDataset:
+    """``md`` with each task's finite scores ``v`` replaced by ``f(v)``, ``f = per_task(pooled, sign)``.
+
+    ``per_task`` is called once per task, in order, with every finite score of the task (all runs,
+    all steps) and its sign (+1 when higher is better); the runs keep their order.
+    """
+    by_task: dict[int, list[int]] = {}
+    for i, r in enumerate(md.runs):
+        by_task.setdefault(r.task, []).append(i)
+    out = list(md.runs)
+    for t, task in enumerate(md.tasks):
+        idx = by_task.get(t, [])
+        curves = [np.asarray(md.runs[i].curve, dtype=np.float64).copy() for i in idx]
+        f = per_task(np.concatenate([c[np.isfinite(c)] for c in curves]) if idx else np.zeros(0), task.sign)
+        for i, c in zip(idx, curves):
+            ok = np.isfinite(c)
+            c[ok] = f(c[ok])
+            out[i] = dataclasses.replace(md.runs[i], curve=c)
+    return MetaDataset(md.space, md.tasks, out)
+
+
 def standardise_tasks(md: MetaDataset) -> tuple[MetaDataset, list[tuple[float, float]]]:
     """``md`` with each task's finite scores standardised by its own mean and std, and those ``(m_t, s_t)``.
 
     Tasks without finite scores keep ``(0, 1)``; a task whose scores are all equal keeps ``s_t = 1``.
     """
     stats: list[tuple[float, float]] = []
-    runs = list(md.runs)
-    out = [None] * len(runs)
-    by_task: dict[int, list[int]] = {}
-    for i, r in enumerate(runs):
-        by_task.setdefault(r.task, []).append(i)
-    for t in range(len(md.tasks)):
-        idx = by_task.get(t, [])
-        pooled = np.concatenate([np.asarray(runs[i].curve, dtype=np.float64) for i in idx]) if idx else np.zeros(0)
-        pooled = pooled[np.isfinite(pooled)]
+
+    def standardise(pooled: np.ndarray, sign: float) -> Callable[[np.ndarray], np.ndarray]:
         m = float(pooled.mean()) if pooled.size else 0.0
         s = float(pooled.std()) if pooled.size else 1.0
         s = s if s > 0 else 1.0
         stats.append((m, s))
-        for i in idx:
-            curve = np.asarray(runs[i].curve, dtype=np.float64)
-            out[i] = dataclasses.replace(runs[i], curve=(curve - m) / s)
-    return MetaDataset(md.space, md.tasks, out), stats
+        return lambda v: (v - m) / s
+
+    return remap_tasks(md, standardise), stats
 
 
 def estimate_scale(
